@@ -1,0 +1,210 @@
+"""Coalescing purchases into pipelined script calls.
+
+Per worker, purchase requests queue per item. While one Redis round trip is in flight
+the next batch accumulates; when it returns (or, if none is in flight, at the end of the
+current loop tick) everything waiting goes out as ONE pipeline holding one admission
+script call per item (`sale_store.ADMIT_LUA`). At 100 connections that is one round trip
+for dozens of requests instead of one each, which is what makes the server fast.
+
+Each request gets its own answer through `Waiter.finish()`. A batch whose outcome is
+unknown (timeout, connection lost, a Redis error) answers UNAVAILABLE: never "won"
+without the script's word for it. The waiting queue is bounded; past the bound a
+request is refused at once (UNAVAILABLE) rather than growing memory.
+
+The sold-out gate: once a call reports nothing left, the item is answered SOLD_OUT
+locally for `gate_interval` seconds, then Redis is asked again (a restock shows up).
+The gate can only turn answers into SOLD_OUT, never into WON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from sale_store import ADMIT_LUA, batch_key, orders_key, sale_key
+
+log = logging.getLogger("seckill.batcher")
+
+# Outcomes of one purchase.
+WON = 0
+SOLD_OUT = 1
+UNKNOWN_ITEM = 2
+UNAVAILABLE = 3
+
+# One script call carries at most this many requests: bounds the script's run time
+# (Redis serves nobody else meanwhile) and the size of one command.
+DEFAULT_MAX_BATCH = 1000
+# Requests waiting for Redis in one worker, over all items. Past it: 503 at once.
+DEFAULT_MAX_WAITING = 20_000
+
+ADMIT_SHA = hashlib.sha1(ADMIT_LUA.encode()).hexdigest()
+
+
+class Waiter(Protocol):
+    def finish(self, outcome: int, order: str, seq: int) -> None: ...
+
+
+class Stats:
+    """Counters the benchmark reads: round trips against requests."""
+
+    __slots__ = ("round_trips", "script_calls", "requests", "gate_hits", "failed_batches")
+
+    def __init__(self) -> None:
+        self.round_trips = 0
+        self.script_calls = 0
+        self.requests = 0
+        self.gate_hits = 0
+        self.failed_batches = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Batcher:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        timeout: float,
+        gate_interval: float,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+    ) -> None:
+        self._redis = redis
+        self._timeout = timeout
+        self._gate_interval = gate_interval
+        self._max_batch = max_batch
+        self._max_waiting = max_waiting
+        self._queues: dict[str, list[tuple[bytes, Waiter]]] = {}
+        self._waiting = 0
+        self._scheduled = False
+        self._in_flight: asyncio.Task[None] | None = None
+        self._sold_out_until: dict[str, float] = {}
+        # Batch ids: unique per process start, so a replayed call is recognised and a
+        # new one never mistaken for a replay.
+        self._id_prefix = f"{os.getpid():x}.{os.urandom(4).hex()}."
+        self._next_id = 0
+        self.stats = Stats()
+
+    def sold_out(self, item: str) -> bool:
+        """True while the sold-out gate answers for this item without Redis."""
+        until = self._sold_out_until.get(item)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            self.stats.gate_hits += 1
+            return True
+        del self._sold_out_until[item]
+        return False
+
+    def submit(self, item: str, user: bytes, waiter: Waiter) -> bool:
+        """Queue a purchase for the next batch; False (answer 503) if the queue is full."""
+        if self._waiting >= self._max_waiting:
+            return False
+        queue = self._queues.get(item)
+        if queue is None:
+            queue = self._queues[item] = []
+        queue.append((user, waiter))
+        self._waiting += 1
+        if not self._scheduled and self._in_flight is None:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._send)
+        return True
+
+    @property
+    def busy(self) -> bool:
+        return self._waiting > 0 or self._in_flight is not None
+
+    async def drain(self) -> None:
+        """Wait until every queued purchase has its answer (graceful shutdown)."""
+        while self.busy:
+            if self._in_flight is None:
+                self._send()
+            if self._in_flight is not None:
+                await asyncio.shield(self._in_flight)
+
+    def _send(self) -> None:
+        self._scheduled = False
+        if not self._queues or self._in_flight is not None:
+            return
+        queues, self._queues = self._queues, {}
+        self._waiting = 0
+        self._in_flight = asyncio.get_running_loop().create_task(self._round_trip(queues))
+
+    async def _round_trip(self, queues: dict[str, list[tuple[bytes, Waiter]]]) -> None:
+        calls: list[tuple[str, str, Sequence[tuple[bytes, Waiter]]]] = []
+        step = self._max_batch
+        for item, queue in queues.items():
+            for start in range(0, len(queue), step):
+                self._next_id += 1
+                calls.append((item, f"{self._id_prefix}{self._next_id:x}", queue[start : start + step]))
+        try:
+            replies = await asyncio.wait_for(self._call(calls), self._timeout)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self.stats.failed_batches += 1
+            log.warning("batch of %d calls failed: %r", len(calls), exc)
+            replies = [exc] * len(calls)
+        finally:
+            self._in_flight = None
+        gate_until = time.monotonic() + self._gate_interval
+        for (item, _, requests), reply in zip(calls, replies):
+            self._answer(item, requests, reply, gate_until)
+        if self._queues and not self._scheduled:
+            self._send()
+
+    async def _call(self, calls: list[tuple[str, str, Sequence[tuple[bytes, Waiter]]]]) -> list[object]:
+        self.stats.round_trips += 1
+        self.stats.script_calls += len(calls)
+        replies = await self._pipeline(calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            # Redis restarted or flushed its script cache. NOSCRIPT means the call did
+            # not run, so sending it again is safe (and idempotent on its batch id anyway).
+            await self._redis.script_load(ADMIT_LUA)
+            again = await self._pipeline([calls[i] for i in missing])
+            self.stats.round_trips += 1
+            for i, reply in zip(missing, again):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, calls: list[tuple[str, str, Sequence[tuple[bytes, Waiter]]]]) -> list[object]:
+        pipe = self._redis.pipeline(transaction=False)
+        for item, batch_id, requests in calls:
+            pipe.evalsha(
+                ADMIT_SHA, 3, sale_key(item), orders_key(item), batch_key(item, batch_id),
+                batch_id, *[user for user, _ in requests],
+            )
+        return await pipe.execute(raise_on_error=False)
+
+    def _answer(
+        self, item: str, requests: Sequence[tuple[bytes, Waiter]], reply: object, gate_until: float
+    ) -> None:
+        self.stats.requests += len(requests)
+        if not isinstance(reply, list):
+            if isinstance(reply, ResponseError):  # the script itself failed: a bug or bad data
+                log.error("admission call for %s failed: %r", item, reply)
+            for _, waiter in requests:
+                waiter.finish(UNAVAILABLE, "", 0)
+            return
+        if not reply:
+            for _, waiter in requests:
+                waiter.finish(UNKNOWN_ITEM, "", 0)
+            return
+        granted, remaining, first_seq = int(reply[0]), int(reply[1]), int(reply[2])
+        tag = reply[3].decode()
+        if remaining <= 0:
+            self._sold_out_until[item] = gate_until
+        for i, (_, waiter) in enumerate(requests):
+            if i < granted:
+                seq = first_seq + i
+                waiter.finish(WON, f"{tag}-{seq}", seq)
+            else:
+                waiter.finish(SOLD_OUT, "", 0)

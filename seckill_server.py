@@ -1,0 +1,625 @@
+"""seckill: a flash-sale admission server.
+
+    python seckill_server.py --port 5000            serve (see --help for every flag)
+    python seckill_server.py create ITEM --stock N  create a sale (also: status, delete)
+
+This module holds the CLI and its `Config`, the routes (`SeckillApp`) and the worker
+processes. HTTP parsing is in `protocol.py` (sans-I/O) driven by `http_connection.py`;
+the Redis side is `sale_store.py` (keys, scripts) and `batcher.py` (coalescing).
+
+Workers: with `--workers N > 1` the parent forks N processes that each listen on the
+same port (SO_REUSEPORT), restarts one that dies, and passes SIGTERM/SIGINT on for a
+graceful drain. With one worker the server runs in the parent process itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl, urlsplit
+
+import uvloop
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+import batcher as batching
+import sale_store
+from http_connection import Clock, HttpConnection, Registry, Slot
+from protocol import KNOWN_METHODS, HttpError, Request
+from redis_runner import (
+    DEFAULT_LOCAL_URL, EmbeddedRedis, RedisStartError, answers, mask_url, recorded_url,
+)
+from responses import CLOSE, KEEP, KEEP_10, Responses, json_body, strip_body
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("seckill")
+
+EXIT_USAGE = 2
+EXIT_REDIS = 3
+EXIT_BIND = 4
+
+MAX_USER = 128  # characters in a user id: room for an email or a UUID, bounds the stream
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    redis: str | None = None  # None: 127.0.0.1:6379 if it answers, else the embedded one
+    data_dir: str = "./seckill-data"
+    workers: int = 1
+    redis_timeout: float = 1.0
+    gate_interval: float = 0.1
+    max_batch: int = batching.DEFAULT_MAX_BATCH
+    max_waiting: int = batching.DEFAULT_MAX_WAITING
+    graceful_timeout: float = 10.0
+    keepalive_timeout: float = 5.0
+    header_timeout: float = 10.0
+    backlog: int = 2048
+    demo: bool = True
+    log_level: str = "info"
+
+
+# --- Routes -------------------------------------------------------------------------
+
+_PURCHASE_METHODS = (b"GET", b"POST")
+_ALLOW_PURCHASE = b"Allow: GET, POST\r\n"
+_ALLOW_GET = b"Allow: GET, HEAD\r\n"
+_RETRY_AFTER = b"Retry-After: 1\r\n"
+_NOT_FOUND = json_body({"error": "not found"})
+_UNAVAILABLE = json_body({"result": "unavailable"})
+_OK = json_body({"status": "ok"})
+_ITEM_CACHE_MAX = 10_000  # validated item names kept per worker; bounds client-chosen keys
+
+
+class Purchase(Slot):
+    """A purchase waiting for its batch; becomes the connection's answer when it ends."""
+
+    __slots__ = ("app", "item", "mode")
+
+    def __init__(self, app: SeckillApp, conn: HttpConnection, item: str, mode: int) -> None:
+        Slot.__init__(self, conn, mode == CLOSE)
+        self.app = app
+        self.item = item
+        self.mode = mode
+
+    def finish(self, outcome: int, order: str, seq: int) -> None:
+        self.set(self.app.purchase_answer(self.item, outcome, order, seq, self.mode))
+
+
+class SeckillApp:
+    def __init__(self, config: Config, redis: Redis, batcher: batching.Batcher) -> None:
+        self.config = config
+        self.redis = redis
+        self.batcher = batcher
+        self.responses = Responses()
+        self._items: dict[bytes, str | None] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def dispatch(self, request: Request, conn: HttpConnection) -> bytes | Slot:
+        method = request.method
+        path = request.path
+        if conn.closing:
+            mode = CLOSE
+        else:
+            mode = KEEP_10 if request.http10 else KEEP
+        if method not in KNOWN_METHODS:
+            conn.closing = True
+            return self.responses.get(501, json_body({"error": "method not implemented"}), CLOSE)
+        try:
+            if path.startswith(b"/seckill/"):
+                return self._purchase(request, conn, path[9:], mode)
+            if path == b"/limit":
+                return self._purchase(request, conn, b"limit", mode)
+            if method != b"GET" and method != b"HEAD":
+                if path.startswith(b"/stock/") or path in (b"/healthz", b"/readyz"):
+                    return self.responses.get(405, json_body({"error": "method not allowed"}), mode, _ALLOW_GET)
+                return self._head_aware(request, self.responses.get(404, _NOT_FOUND, mode))
+            if path.startswith(b"/stock/"):
+                item = self._item(path[7:])
+                return self._later(conn, mode, request, self._stock(item))
+            if path == b"/healthz":
+                return self._head_aware(request, self.responses.get(200, _OK, mode))
+            if path == b"/readyz":
+                return self._later(conn, mode, request, self._ready())
+            return self._head_aware(request, self.responses.get(404, _NOT_FOUND, mode))
+        except HttpError as exc:
+            return self.responses.get(exc.status, json_body({"error": exc.reason}), mode)
+
+    @staticmethod
+    def _head_aware(request: Request, answer: bytes) -> bytes:
+        return strip_body(answer) if request.method == b"HEAD" else answer
+
+    def _item(self, raw: bytes) -> str:
+        item = self._items.get(raw)
+        if item is None:
+            text = raw.decode("latin-1")
+            if not sale_store.valid_item(text):
+                raise HttpError(400, "item names are 1-64 characters of A-Z a-z 0-9 _ . : -")
+            item = text
+            if len(self._items) < _ITEM_CACHE_MAX:
+                self._items[raw] = item
+        return item
+
+    # Purchases: the hot path.
+    def _purchase(self, request: Request, conn: HttpConnection, raw_item: bytes, mode: int) -> bytes | Slot:
+        if request.method not in _PURCHASE_METHODS:
+            return self.responses.get(405, json_body({"error": "method not allowed"}), mode, _ALLOW_PURCHASE)
+        item = self._item(raw_item)
+        user = _user(request) if request.query or request.body else b""
+        batcher = self.batcher
+        if batcher.sold_out(item):
+            return self.purchase_answer(item, batching.SOLD_OUT, "", 0, mode)
+        purchase = Purchase(self, conn, item, mode)
+        if not batcher.submit(item, user, purchase):
+            return self.purchase_answer(item, batching.UNAVAILABLE, "", 0, mode)
+        return purchase
+
+    def purchase_answer(self, item: str, outcome: int, order: str, seq: int, mode: int) -> bytes:
+        responses = self.responses
+        if outcome == batching.WON:
+            body = b'{"result":"won","item":"%s","order":"%s","seq":%d}' % (
+                item.encode(), order.encode(), seq,
+            )
+            return responses.build(200, body, mode)
+        if outcome == batching.SOLD_OUT:
+            return responses.get(409, b'{"result":"sold_out","item":"%s"}' % item.encode(), mode)
+        if outcome == batching.UNKNOWN_ITEM:
+            return responses.get(404, b'{"result":"unknown_item","item":"%s"}' % item.encode(), mode)
+        return responses.get(503, _UNAVAILABLE, mode, _RETRY_AFTER)
+
+    # Slow paths: one Redis call each, answered through a slot.
+    def _later(self, conn: HttpConnection, mode: int, request: Request, work: Any) -> Slot:
+        slot = conn.new_slot()
+        head = request.method == b"HEAD"
+
+        async def run() -> None:
+            try:
+                status, body, extra = await asyncio.wait_for(work, self.config.redis_timeout)
+            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                log.debug("redis call failed: %r", exc)
+                status, body, extra = 503, _UNAVAILABLE, _RETRY_AFTER
+            answer = self.responses.get(status, body, mode, extra)
+            slot.set(strip_body(answer) if head else answer)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return slot
+
+    async def _stock(self, item: str) -> tuple[int, bytes, bytes]:
+        status = await sale_store.sale_status(self.redis, item)
+        if status is None:
+            return 404, json_body({"result": "unknown_item", "item": item}), b""
+        public = {k: status[k] for k in ("item", "stock", "sold", "remaining")}
+        return 200, json_body(public), b""
+
+    async def _ready(self) -> tuple[int, bytes, bytes]:
+        await self.redis.ping()
+        return 200, _OK, b""
+
+
+def _user(request: Request) -> bytes:
+    """The buyer's id from `?user=` or a form/JSON body; b"" when anonymous."""
+    user = ""
+    try:
+        if request.query:
+            for key, value in parse_qsl(request.query.decode("ascii"), errors="strict"):
+                if key == "user":
+                    user = value
+        if request.body:
+            ctype = (request.header(b"content-type") or b"").split(b";")[0].strip().lower()
+            if ctype == b"application/json":
+                data = json.loads(request.body)
+                value = data.get("user", "") if isinstance(data, dict) else None
+                if not isinstance(value, str):
+                    raise HttpError(400, "user must be a string")
+                user = value or user
+            elif ctype in (b"", b"application/x-www-form-urlencoded"):
+                for key, value in parse_qsl(request.body.decode("ascii"), errors="strict"):
+                    if key == "user":
+                        user = value
+            else:
+                raise HttpError(415, "body must be a form or JSON")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HttpError(400, "malformed query or body") from exc
+    if len(user) > MAX_USER or not user.isprintable():
+        raise HttpError(400, f"user must be at most {MAX_USER} printable characters")
+    return user.encode()
+
+
+# --- One worker ---------------------------------------------------------------------
+
+def make_redis(url: str, timeout: float) -> Redis:
+    return Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0
+    )
+
+
+async def serve(config: Config, ready: Any = None) -> None:
+    """Run one worker until SIGTERM/SIGINT, then drain within the graceful timeout."""
+    loop = asyncio.get_running_loop()
+    assert config.redis is not None
+    redis = make_redis(config.redis, config.redis_timeout)
+    batcher = batching.Batcher(
+        redis, timeout=config.redis_timeout, gate_interval=config.gate_interval,
+        max_batch=config.max_batch, max_waiting=config.max_waiting,
+    )
+    app = SeckillApp(config, redis, batcher)
+    clock = Clock(loop.time())
+    registry = Registry()
+    server = await loop.create_server(
+        lambda: HttpConnection(app, clock, registry),
+        config.host, config.port, reuse_port=True, backlog=config.backlog,
+    )
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second signal: leave now
+            os._exit(1)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+
+    def tick() -> None:
+        # Once a second: the Date header, the coarse clock, idle and stalled connections.
+        clock.now = loop.time()
+        app.responses.refresh_date()
+        for conn in list(registry.conns):
+            conn.expire(clock.now, config.keepalive_timeout, config.header_timeout)
+        ticker[0] = loop.call_at(clock.now + 1.0, tick)
+
+    ticker = [loop.call_later(1.0, tick)]
+    if ready is not None:
+        ready()
+    await stop.wait()
+
+    # Graceful: stop accepting, answer what was read, close idle keep-alives, exit.
+    deadline = loop.time() + config.graceful_timeout
+    server.close()
+    for conn in list(registry.conns):
+        conn.shutdown()
+    try:
+        await asyncio.wait_for(batcher.drain(), max(0.0, deadline - loop.time()))
+        await asyncio.wait_for(registry.wait_empty(), max(0.0, deadline - loop.time()))
+    except asyncio.TimeoutError:
+        log.warning("graceful timeout: %d connections still open", len(registry.conns))
+    ticker[0].cancel()
+    await redis.aclose()
+
+
+def run_worker(config: Config) -> None:
+    uvloop.run(serve(config))
+
+
+# --- The parent: Redis, the demo sale, workers ------------------------------------
+
+def resolve_redis(config: Config) -> tuple[str, EmbeddedRedis | None]:
+    """The Redis URL to use, starting the embedded one if needed. Exits 3 if none answers."""
+    if config.redis is not None:
+        if not asyncio.run(_ping(config.redis, config.redis_timeout)):
+            die(f"Redis at {mask_url(config.redis)} does not answer", EXIT_REDIS)
+        return config.redis, None
+    if answers("127.0.0.1", 6379):
+        log.info("using the Redis on 127.0.0.1:6379")
+        return DEFAULT_LOCAL_URL, None
+    embedded = EmbeddedRedis(config.data_dir)
+    try:
+        url = embedded.start()
+    except RedisStartError as exc:
+        die(str(exc), EXIT_REDIS)
+    log.info("started embedded redis-server %s at %s (AOF everysec in %s)",
+             embedded.binary, url, embedded.data_dir)
+    return url, embedded
+
+
+async def _ping(url: str, timeout: float) -> bool:
+    redis = make_redis(url, max(timeout, 2.0))
+    try:
+        return bool(await redis.ping())
+    except (RedisError, OSError):
+        return False
+    finally:
+        await redis.aclose()
+
+
+async def _prepare(config: Config) -> None:
+    assert config.redis is not None
+    redis = make_redis(config.redis, max(config.redis_timeout, 5.0))
+    try:
+        await redis.script_load(sale_store.ADMIT_LUA)
+        if config.demo and await sale_store.create_sale(
+            redis, sale_store.DEMO_ITEM, sale_store.DEMO_STOCK, sale_store.DEMO_SOLD
+        ):
+            log.info("created the demo sale %r: stock %d, %d already sold",
+                     sale_store.DEMO_ITEM, sale_store.DEMO_STOCK, sale_store.DEMO_SOLD)
+    finally:
+        await redis.aclose()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse to start beside another server: SO_REUSEPORT would silently share the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "address in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            die(f"cannot listen on {host}:{port}: {reason}", EXIT_BIND)
+
+
+def main_serve(config: Config) -> int:
+    check_port_free(config.host, config.port)
+    url, embedded = resolve_redis(config)
+    config = dataclasses.replace(config, redis=url)
+    try:
+        try:
+            asyncio.run(_prepare(config))
+        except (RedisError, OSError) as exc:
+            die(f"Redis at {mask_url(url)} failed during start-up: {exc}", EXIT_REDIS)
+        log.info(
+            "seckill %s serving http://%s:%d with %d worker%s, Redis %s, redis timeout %gs",
+            __version__, config.host, config.port, config.workers,
+            "" if config.workers == 1 else "s", mask_url(url), config.redis_timeout,
+        )
+        if config.workers == 1:
+            run_worker(config)
+            return 0
+        return supervise(config)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+_PARENT_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+CRASH_WINDOW = 10.0  # seconds; more than CRASH_LIMIT worker deaths in it and we give up
+CRASH_LIMIT = 10
+
+
+def supervise(config: Config) -> int:
+    signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
+    children: dict[int, int] = {}
+    deaths: list[float] = []
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_SIGNALS)
+                run_worker(config)
+            except BaseException:
+                log.exception("worker %d crashed", index)
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    for index in range(config.workers):
+        spawn(index)
+    stopping = False
+    deadline = 0.0
+    exit_code = 0
+    while children:
+        if stopping:
+            info = signal.sigtimedwait(_PARENT_SIGNALS, max(0.0, deadline - time.monotonic()))
+            if info is None:  # past the graceful timeout
+                for pid in children:
+                    os.kill(pid, signal.SIGKILL)
+        else:
+            info = signal.sigwaitinfo(_PARENT_SIGNALS)
+        if info is not None and info.si_signo != signal.SIGCHLD:
+            if stopping:  # a second signal: stop now
+                for pid in children:
+                    os.kill(pid, signal.SIGKILL)
+            else:
+                stopping = True
+                deadline = time.monotonic() + config.graceful_timeout + 1.0
+                log.info("stopping %d workers", len(children))
+                for pid in children:
+                    os.kill(pid, signal.SIGTERM)
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            index = children.pop(pid)
+            if stopping:
+                continue
+            log.error("worker %d (pid %d) died: %s", index, pid, _describe_status(status))
+            now = time.monotonic()
+            deaths = [t for t in deaths if now - t < CRASH_WINDOW] + [now]
+            if len(deaths) > CRASH_LIMIT:
+                log.error("workers keep dying; giving up")
+                stopping, exit_code = True, 1
+                deadline = now + config.graceful_timeout
+                for other in children:
+                    os.kill(other, signal.SIGTERM)
+                continue
+            spawn(index)
+    return exit_code
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+# --- CLI ----------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as a CLI tool's should be."""
+
+    def error(self, message: str) -> NoReturn:
+        die(f"{message} (see --help)", EXIT_USAGE)
+
+
+def die(message: str, code: int) -> NoReturn:
+    print(f"seckill-server: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _bounded(kind: type, low: float, high: float | None = None) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bound}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _redis_url(text: str) -> str:
+    scheme = urlsplit(text).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a redis://, rediss:// or unix:// URL")
+    return text
+
+
+def _add_redis_flags(parser: argparse.ArgumentParser) -> None:
+    d = Config()
+    parser.add_argument(
+        "--redis", type=_redis_url, default=None, metavar="URL",
+        help="Redis URL (redis://, rediss://, unix://). Default: 127.0.0.1:6379 if it answers, "
+             "else the embedded redis-server under --data-dir",
+    )
+    parser.add_argument("--data-dir", default=d.data_dir, metavar="DIR",
+                        help="where the embedded Redis keeps its AOF (default: %(default)s)")
+
+
+def build_serve_parser() -> argparse.ArgumentParser:
+    d = Config()
+    parser = _Parser(
+        prog="seckill-server",
+        description="Flash-sale admission server: HTTP/1.1 on uvloop, stock in Redis.",
+        epilog="Sale admin: seckill-server {create,status,delete} ITEM ... (each takes --redis; "
+               "see seckill-server create --help).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"seckill {__version__}")
+    parser.add_argument("--host", default=d.host, help="address to listen on")
+    parser.add_argument("--port", type=_bounded(int, 1, 65535), default=d.port, help="TCP port")
+    _add_redis_flags(parser)
+    parser.add_argument("--workers", type=_bounded(int, 1, 256), default=d.workers,
+                        help="worker processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--redis-timeout", type=_bounded(float, 0.001), default=d.redis_timeout,
+                        metavar="SECONDS", help="a Redis call slower than this answers 503")
+    parser.add_argument("--gate-interval", type=_bounded(float, 0.0), default=d.gate_interval,
+                        metavar="SECONDS",
+                        help="a sold-out item is answered 409 locally, re-checked this often")
+    parser.add_argument("--max-batch", type=_bounded(int, 1, 100_000), default=d.max_batch,
+                        help="requests per script call, at most")
+    parser.add_argument("--max-waiting", type=_bounded(int, 1), default=d.max_waiting,
+                        help="purchases waiting for Redis per worker before answering 503")
+    parser.add_argument("--graceful-timeout", type=_bounded(float, 0.0),
+                        default=d.graceful_timeout, metavar="SECONDS",
+                        help="on SIGTERM, time to finish what was read before exiting")
+    parser.add_argument("--keepalive-timeout", type=_bounded(float, 0.0),
+                        default=d.keepalive_timeout, metavar="SECONDS",
+                        help="close a keep-alive connection idle this long (checked each second)")
+    parser.add_argument("--header-timeout", type=_bounded(float, 0.0), default=d.header_timeout,
+                        metavar="SECONDS", help="a request must arrive whole within this, else 408")
+    parser.add_argument("--backlog", type=_bounded(int, 1), default=d.backlog,
+                        help="listen backlog per worker")
+    parser.add_argument("--no-demo", dest="demo", action="store_false",
+                        help="do not create the demo sale 'limit' (stock 100, 95 sold) at start")
+    parser.add_argument("--log-level", default=d.log_level,
+                        choices=["debug", "info", "warning", "error"], help="server log level")
+    return parser
+
+
+def build_admin_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="seckill-server", description="Sale admin, straight to Redis.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    create = commands.add_parser("create", help="create a sale (refused if it exists)")
+    create.add_argument("item")
+    create.add_argument("--stock", type=_bounded(int, 0, sale_store.MAX_STOCK), required=True,
+                        help="units for sale")
+    create.add_argument("--sold", type=_bounded(int, 0, sale_store.MAX_STOCK), default=0,
+                        help="units already sold elsewhere (default: %(default)s)")
+    _add_redis_flags(create)
+    for name, text in (("status", "print a sale's stock as JSON"),
+                       ("delete", "delete a sale and its orders")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("item")
+        _add_redis_flags(sub)
+    return parser
+
+
+ADMIN_COMMANDS = ("create", "status", "delete")
+
+
+def main_admin(argv: Sequence[str]) -> int:
+    args = build_admin_parser().parse_args(argv)
+    if not sale_store.valid_item(args.item):
+        die("item names are 1-64 characters of A-Z a-z 0-9 _ . : -", EXIT_USAGE)
+    url = args.redis
+    if url is None:
+        url = DEFAULT_LOCAL_URL if answers("127.0.0.1", 6379) else recorded_url(args.data_dir)
+        if url is None:
+            die("no Redis found: pass --redis, or start the server first", EXIT_REDIS)
+    return asyncio.run(_admin(args, url))
+
+
+async def _admin(args: argparse.Namespace, url: str) -> int:
+    redis = make_redis(url, 5.0)
+    try:
+        if args.command == "create":
+            try:
+                created = await sale_store.create_sale(redis, args.item, args.stock, args.sold)
+            except sale_store.SaleError as exc:
+                die(str(exc), EXIT_USAGE)
+            if not created:
+                die(f"sale {args.item!r} already exists", 1)
+            print(json.dumps(await sale_store.sale_status(redis, args.item)))
+        elif args.command == "status":
+            status = await sale_store.sale_status(redis, args.item)
+            if status is None:
+                die(f"no sale {args.item!r}", 1)
+            print(json.dumps(status))
+        elif args.command == "delete":
+            if not await sale_store.delete_sale(redis, args.item):
+                die(f"no sale {args.item!r}", 1)
+            print(json.dumps({"deleted": args.item}))
+        return 0
+    except (RedisError, OSError) as exc:
+        die(f"Redis at {mask_url(url)}: {exc}", EXIT_REDIS)
+    finally:
+        await redis.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ADMIN_COMMANDS:
+        return main_admin(argv)
+    if argv and argv[0] == "serve":
+        argv = argv[1:]
+    args = build_serve_parser().parse_args(argv)
+    config = Config(**vars(args))
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    return main_serve(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
