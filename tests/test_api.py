@@ -1,0 +1,283 @@
+"""The server over real sockets, against a real Redis: every API row, keep-alive,
+pipelining, HTTP/1.0 and 1.1, and malformed requests answered with a close."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+
+import pytest
+import redis
+
+from http_client import Conn, fetch, get
+
+import sale_store
+
+
+@pytest.fixture
+def server(start_server, redis_client: redis.Redis):  # type: ignore[no-untyped-def]
+    return start_server()
+
+
+def create(redis_client: redis.Redis, item: str, stock: int, sold: int = 0) -> None:
+    assert redis_client.eval(sale_store.CREATE_LUA, 1, sale_store.sale_key(item), stock, sold) == 1
+
+
+def test_purchase_answers_won_then_sold_out(server, redis_client: redis.Redis) -> None:
+    create(redis_client, "hat", 2)
+    first = fetch(server.port, "GET", "/seckill/hat?user=alice")
+    second = fetch(server.port, "POST", "/seckill/hat", b"user=bob",
+                   {"Content-Type": "application/x-www-form-urlencoded"})
+    third = fetch(server.port, "POST", "/seckill/hat", b'{"user": "carol"}',
+                  {"Content-Type": "application/json"})
+    assert (first.status, second.status, third.status) == (200, 200, 409)
+    assert first.json()["result"] == "won" and first.json()["item"] == "hat"
+    assert third.json() == {"result": "sold_out", "item": "hat"}
+    orders = {o["order"]: o for o in _orders(redis_client, "hat")}
+    assert set(orders) == {first.json()["order"], second.json()["order"]}
+    assert orders[first.json()["order"]]["user"] == "alice"
+    assert orders[second.json()["order"]]["user"] == "bob"
+
+
+def test_response_headers(server, redis_client: redis.Redis) -> None:
+    create(redis_client, "hat", 1)
+    response = fetch(server.port, "GET", "/seckill/hat")
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.body)
+    assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", response.headers["date"])
+    assert response.headers["connection"] == "close"
+
+
+def test_unknown_item_is_404(server, redis_client: redis.Redis) -> None:
+    response = fetch(server.port, "GET", "/seckill/nothing")
+    assert response.status == 404
+    assert response.json() == {"result": "unknown_item", "item": "nothing"}
+
+
+@pytest.mark.parametrize("item", ["a" * 65, "sp%20ace", "br{ce}", "sl/ash", "qu'ote", "%00"])
+def test_invalid_item_name_is_400(server, item: str) -> None:
+    assert fetch(server.port, "GET", f"/seckill/{item}").status == 400
+
+
+def test_invalid_user_is_400(server, redis_client: redis.Redis) -> None:
+    create(redis_client, "hat", 5)
+    assert fetch(server.port, "GET", "/seckill/hat?user=" + "x" * 129).status == 400
+    assert fetch(server.port, "GET", "/seckill/hat?user=%01").status == 400
+    assert fetch(server.port, "POST", "/seckill/hat", b'{"user": 5}',
+                 {"Content-Type": "application/json"}).status == 400
+    assert fetch(server.port, "POST", "/seckill/hat", b"{not json",
+                 {"Content-Type": "application/json"}).status == 400
+    assert fetch(server.port, "POST", "/seckill/hat", b"<user/>",
+                 {"Content-Type": "text/xml"}).status == 415
+    assert redis_client.xlen(sale_store.orders_key("hat")) == 0
+
+
+def test_limit_is_the_demo_item(start_server, redis_client: redis.Redis) -> None:
+    server = start_server(demo=True)
+    assert fetch(server.port, "GET", "/stock/limit").json() == {
+        "item": "limit", "stock": 100, "sold": 95, "remaining": 5,
+    }
+    results = [fetch(server.port, "GET", "/limit").status for _ in range(6)]
+    assert results == [200] * 5 + [409]
+    assert fetch(server.port, "POST", "/limit").status == 409
+
+
+def test_demo_is_not_reseeded(start_server, redis_client: redis.Redis) -> None:
+    create(redis_client, "limit", 10, 10)
+    server = start_server(demo=True)
+    assert fetch(server.port, "GET", "/limit").status == 409
+    assert fetch(server.port, "GET", "/stock/limit").json()["remaining"] == 0
+
+
+def test_stock(server, redis_client: redis.Redis) -> None:
+    create(redis_client, "hat", 10, 3)
+    fetch(server.port, "GET", "/seckill/hat")
+    assert fetch(server.port, "GET", "/stock/hat").json() == {
+        "item": "hat", "stock": 10, "sold": 4, "remaining": 6,
+    }
+    assert fetch(server.port, "GET", "/stock/none").status == 404
+    assert fetch(server.port, "GET", "/stock/b%20d").status == 400
+
+
+def test_health_and_readiness(server) -> None:
+    assert fetch(server.port, "GET", "/healthz").status == 200
+    assert fetch(server.port, "GET", "/readyz").status == 200
+    head = fetch(server.port, "HEAD", "/healthz")
+    assert head.status == 200 and head.body == b""
+
+
+def test_readyz_and_purchases_answer_503_when_redis_is_down(start_server, tmp_path) -> None:
+    from redis_runner import EmbeddedRedis
+
+    own = EmbeddedRedis(tmp_path)
+    url = own.start()
+    try:
+        r = redis.Redis.from_url(url)
+        create(r, "hat", 5)
+        r.close()
+        server = start_server("--redis-timeout", "0.5", redis_url=url)
+        assert fetch(server.port, "GET", "/readyz").status == 200
+        own.kill()
+        response = fetch(server.port, "GET", "/seckill/hat")
+        assert response.status == 503
+        assert response.json() == {"result": "unavailable"}
+        assert response.headers["retry-after"] == "1"
+        assert fetch(server.port, "GET", "/readyz").status == 503
+        assert fetch(server.port, "GET", "/stock/hat").status == 503
+        assert fetch(server.port, "GET", "/healthz").status == 200
+    finally:
+        own.stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/", 404),
+        ("GET", "/nope", 404),
+        ("GET", "/seckill", 404),
+        ("GET", "/seckill/", 400),
+        ("PUT", "/seckill/hat", 405),
+        ("DELETE", "/limit", 405),
+        ("HEAD", "/seckill/hat", 405),
+        ("POST", "/stock/hat", 405),
+        ("POST", "/healthz", 405),
+        ("BREW", "/limit", 501),
+    ],
+)
+def test_routing_errors(server, method: str, path: str, status: int) -> None:
+    response = fetch(server.port, method, path)
+    assert response.status == status
+    if status == 405:
+        assert "GET" in response.headers["allow"]
+
+
+def test_keep_alive_http11(server, redis_client: redis.Redis) -> None:
+    create(redis_client, "hat", 1)
+    with Conn(server.port) as conn:
+        assert conn.request(get("/healthz")).status == 200
+        assert conn.request(get("/seckill/hat")).status == 200
+        assert conn.request(get("/seckill/hat")).status == 409
+        response = conn.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert response.headers["connection"] == "close"
+        assert conn.closed_by_server()
+
+
+def test_http10_closes_unless_keep_alive(server) -> None:
+    with Conn(server.port) as conn:
+        response = conn.request(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert response.status == 200 and response.headers["connection"] == "close"
+        assert conn.closed_by_server()
+    with Conn(server.port) as conn:  # as `ab -k` sends it
+        for _ in range(3):
+            response = conn.request(b"GET /healthz HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            assert response.headers["connection"] == "keep-alive"
+
+
+def test_pipelined_requests_are_answered_in_order(server, redis_client: redis.Redis) -> None:
+    create(redis_client, "hat", 2)
+    with Conn(server.port) as conn:
+        conn.send(get("/seckill/hat?user=1") + get("/healthz") + get("/seckill/hat?user=2")
+                  + get("/stock/hat") + get("/seckill/hat?user=3") + get("/nope"))
+        answers = conn.responses(6)
+    assert [r.status for r in answers] == [200, 200, 200, 200, 409, 404]
+    assert answers[0].json()["seq"] < answers[2].json()["seq"]
+    assert answers[3].json()["item"] == "hat"
+
+
+def test_pipelined_close_stops_reading(server, redis_client: redis.Redis) -> None:
+    create(redis_client, "hat", 5)
+    with Conn(server.port) as conn:
+        conn.send(get("/seckill/hat") + b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                  + get("/seckill/hat"))
+        answers = conn.responses(2)
+        assert [r.status for r in answers] == [200, 200]
+        assert conn.closed_by_server()
+    assert redis_client.xlen(sale_store.orders_key("hat")) == 1
+
+
+BIG = 70 * 1024
+MALFORMED = [
+    pytest.param(b"GARBAGE\r\n\r\n", 400, id="malformed-request-line"),
+    pytest.param(b"GET /\r\nHost: t\r\n\r\n", 400, id="no-version"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost t\r\n\r\n", 400, id="header-without-colon"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost : t\r\n\r\n", 400, id="space-before-colon"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: t\r\n folded\r\n\r\n", 400, id="obs-fold"),
+    pytest.param(b"GET / HTTP/1.1\nHost: t\n\n", 400, id="bare-lf"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: t\rX: y\r\n\r\n", 400, id="bare-cr"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: t\x00\r\n\r\n", 400, id="nul-byte"),
+    pytest.param(b"GET / HTTP/1.1\r\n\r\n", 400, id="http11-without-host"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, id="two-hosts"),
+    pytest.param(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, id="request-line-too-long"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: t\r\n" + b"X: " + b"a" * 17000 + b"\r\n\r\n", 431, id="head-too-large"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: t\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431, id="too-many-fields"),
+    pytest.param(b"POST /limit HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % BIG, 413, id="body-too-large"),
+    pytest.param(b"POST /limit HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501,
+                 id="transfer-encoding"),
+    pytest.param(b"POST /limit HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                 400, id="content-length-and-transfer-encoding"),
+    pytest.param(b"POST /limit HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400,
+                 id="differing-content-lengths"),
+    pytest.param(b"POST /limit HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", 400, id="negative-length"),
+    pytest.param(b"BREW /limit HTTP/1.1\r\nHost: t\r\n\r\n", 501, id="unknown-method"),
+    pytest.param(b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505, id="http-2.0"),
+    pytest.param(b"GET / HTTP/1.2\r\nHost: t\r\n\r\n", 505, id="http-1.2"),
+    pytest.param(b"GET / HTTP/0.9\r\n\r\n", 505, id="http-0.9"),
+]
+
+
+@pytest.mark.parametrize(("raw", "status"), MALFORMED)
+def test_malformed_request_gets_status_and_close(server, raw: bytes, status: int) -> None:
+    with Conn(server.port) as conn:
+        conn.send(raw)
+        response = conn.responses(1)[0]
+        assert response.status == status
+        assert response.headers["connection"] == "close"
+        assert "error" in response.json()
+        assert conn.closed_by_server()
+    # The worker goes on serving the next client.
+    assert fetch(server.port, "GET", "/healthz").status == 200
+
+
+def test_idle_keep_alive_is_closed(start_server, redis_client: redis.Redis) -> None:
+    server = start_server("--keepalive-timeout", "1")
+    with Conn(server.port, timeout=5) as conn:
+        assert conn.request(get("/healthz")).status == 200
+        assert conn.closed_by_server()
+
+
+def test_stalled_request_head_gets_408(start_server, redis_client: redis.Redis) -> None:
+    server = start_server("--header-timeout", "1")
+    with Conn(server.port, timeout=5) as conn:
+        conn.send(b"GET /healthz HTTP/1.1\r\nHo")
+        response = conn.responses(1)[0]
+        assert response.status == 408
+        assert conn.closed_by_server()
+
+
+def _orders(redis_client: redis.Redis, item: str) -> list[dict[str, str]]:
+    return [
+        {k.decode(): v.decode() for k, v in fields.items()}
+        for _, fields in redis_client.xrange(sale_store.orders_key(item))
+    ]
+
+
+def test_many_pipelined_requests_are_all_answered(server, redis_client: redis.Redis) -> None:
+    """More pipelined requests than a connection may have pending: reading pauses and
+    resumes, every request is answered once, in order."""
+    create(redis_client, "hat", 50)
+    with Conn(server.port) as conn:
+        conn.send(b"".join(get(f"/seckill/hat?user={i}") for i in range(200)))
+        answers = conn.responses(200)
+    assert [r.status for r in answers] == [200] * 50 + [409] * 150
+    assert [r.json()["seq"] for r in answers[:50]] == list(range(1, 51))
+    assert json.loads(answers[0].body)["order"].endswith("-1")
+
+
+def test_client_half_close_still_gets_answers(server, redis_client: redis.Redis) -> None:
+    create(redis_client, "hat", 1)
+    with Conn(server.port) as conn:
+        conn.send(get("/seckill/hat"))
+        conn.sock.shutdown(socket.SHUT_WR)
+        assert conn.responses(1)[0].status == 200
+        assert conn.closed_by_server()
