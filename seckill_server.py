@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
@@ -459,6 +460,18 @@ def _describe_status(status: int) -> str:
 
 # --- CLI ----------------------------------------------------------------------------
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where there is none to show."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=100)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line, as a CLI tool's should be."""
 
@@ -501,7 +514,7 @@ def _add_redis_flags(parser: argparse.ArgumentParser) -> None:
              "else the embedded redis-server under --data-dir",
     )
     parser.add_argument("--data-dir", default=d.data_dir, metavar="DIR",
-                        help="where the embedded Redis keeps its AOF (default: %(default)s)")
+                        help="where the embedded Redis keeps its AOF and log")
 
 
 def build_serve_parser() -> argparse.ArgumentParser:
@@ -511,7 +524,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
         description="Flash-sale admission server: HTTP/1.1 on uvloop, stock in Redis.",
         epilog="Sale admin: seckill-server {create,status,delete} ITEM ... (each takes --redis; "
                "see seckill-server create --help).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"seckill {__version__}")
     parser.add_argument("--host", default=d.host, help="address to listen on")
@@ -548,12 +561,15 @@ def build_serve_parser() -> argparse.ArgumentParser:
 def build_admin_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="seckill-server", description="Sale admin, straight to Redis.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands.add_parser = functools.partial(  # type: ignore[method-assign]
+        commands.add_parser, formatter_class=_HelpFormatter
+    )
     create = commands.add_parser("create", help="create a sale (refused if it exists)")
     create.add_argument("item")
     create.add_argument("--stock", type=_bounded(int, 0, sale_store.MAX_STOCK), required=True,
                         help="units for sale")
     create.add_argument("--sold", type=_bounded(int, 0, sale_store.MAX_STOCK), default=0,
-                        help="units already sold elsewhere (default: %(default)s)")
+                        help="units already sold elsewhere")
     _add_redis_flags(create)
     for name, text in (("status", "print a sale's stock as JSON"),
                        ("delete", "delete a sale and its orders")):

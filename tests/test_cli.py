@@ -1,0 +1,168 @@
+"""The command line and the process model: argument errors, start-up failures, the sale
+admin commands, graceful SIGTERM, worker restarts and a stalled Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import redis
+
+import sale_store
+from conftest import ROOT
+from http_client import Conn, fetch, get
+from redis_runner import EmbeddedRedis, free_port
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "seckill_server.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--port", "70000"],
+        ["--port", "abc"],
+        ["--workers", "0"],
+        ["--redis-timeout", "-1"],
+        ["--redis", "http://example"],
+        ["--bogus"],
+        ["--log-level", "loud"],
+        ["create", "hat"],
+        ["create", "hat", "--stock", "-5"],
+        ["create", "b@d", "--stock", "5"],
+        ["frobnicate"],
+    ],
+)
+def test_bad_arguments_one_line_and_nonzero_exit(args: list[str]) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seckill-server: error: "), result.stderr
+
+
+def test_help_documents_every_flag_with_default() -> None:
+    text = run_cli("--help").stdout
+    for flag in ("--host", "--port", "--redis", "--workers", "--redis-timeout", "--graceful-timeout",
+                 "--gate-interval", "--data-dir", "--no-demo", "--max-batch", "--max-waiting"):
+        assert flag in text
+    assert "(default: 5000)" in text and "(default: 1.0)" in text
+
+
+def test_unreachable_redis_exits_3() -> None:
+    result = run_cli("--port", str(free_port()), "--redis", f"redis://127.0.0.1:{free_port()}/0")
+    assert result.returncode == 3
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "does not answer" in result.stderr
+
+
+def test_port_in_use_exits(redis_server: EmbeddedRedis) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("--port", str(port), "--redis", redis_server.url)
+    assert result.returncode == 4
+    assert "address in use" in result.stderr
+
+
+def test_admin_commands(redis_client: redis.Redis, redis_server: EmbeddedRedis) -> None:
+    url = ["--redis", redis_server.url]
+    created = run_cli("create", "hat", "--stock", "10", "--sold", "4", *url)
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["remaining"] == 6
+    again = run_cli("create", "hat", "--stock", "99", *url)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    status = json.loads(run_cli("status", "hat", *url).stdout)
+    assert (status["stock"], status["sold"], status["remaining"]) == (10, 4, 6)
+    assert run_cli("create", "cap", "--stock", "1", "--sold", "2", *url).returncode == 2
+    assert run_cli("delete", "hat", *url).returncode == 0
+    assert not redis_client.exists(sale_store.sale_key("hat"))
+    missing = run_cli("status", "hat", *url)
+    assert missing.returncode == 1 and "no sale" in missing.stderr
+
+
+def test_embedded_redis_is_started_and_stopped(tmp_path) -> None:
+    """No --redis and nothing on 6379: the server runs its own redis-server with AOF."""
+    from redis_runner import answers
+
+    if answers("127.0.0.1", 6379):
+        pytest.skip("a Redis answers on 127.0.0.1:6379, so the server would use it")
+    from conftest import ServerProcess
+
+    port = free_port()
+    server = ServerProcess(["--port", str(port), "--data-dir", str(tmp_path)], 1, port)
+    try:
+        server.wait_listening()
+        assert "started embedded redis-server" in server.log
+        assert fetch(port, "GET", "/limit").status == 200
+        url = (tmp_path / "redis.url").read_text().strip()
+        status = run_cli("status", "limit", "--data-dir", str(tmp_path))
+        assert json.loads(status.stdout)["sold"] == 96
+    finally:
+        assert server.stop() == 0
+    assert (tmp_path / "appendonly.aof").exists() or (tmp_path / "appendonlydir").exists()
+    assert not (tmp_path / "redis.url").exists()
+    host, port_text = url.rsplit("/", 1)[0].rsplit(":", 1)
+    assert not answers("127.0.0.1", int(port_text))
+
+
+def test_sigterm_answers_what_was_read_then_exits(start_server, redis_client: redis.Redis) -> None:
+    redis_client.eval(sale_store.CREATE_LUA, 1, sale_store.sale_key("hat"), 100, 0)
+    server = start_server("--graceful-timeout", "5")
+    with Conn(server.port) as idle, Conn(server.port) as busy:
+        assert idle.request(get("/healthz")).status == 200
+        busy.send(b"".join(get(f"/seckill/hat?user={i}") for i in range(20)))
+        first = busy.responses(1)  # the server has read the pipeline
+        server.proc.send_signal(signal.SIGTERM)
+        rest = busy.responses(19)
+        assert [r.status for r in first + rest] == [200] * 20
+        assert busy.closed_by_server()
+        assert idle.closed_by_server()
+    assert server.proc.wait(10) == 0
+    assert redis_client.xlen(sale_store.orders_key("hat")) == 20
+
+
+def test_dead_worker_is_restarted(start_server, redis_client: redis.Redis) -> None:
+    server = start_server(workers=2)
+    pids = [int(line.split("worker ")[1].split()[0]) for line in server.lines if " listening on " in line]
+    os.kill(pids[0], signal.SIGKILL)
+    server.wait_listening(3)  # a third worker came up in its place
+    assert "killed by SIGKILL" in server.log
+    for _ in range(20):
+        assert fetch(server.port, "GET", "/healthz").status == 200
+    assert server.stop() == 0
+
+
+def test_stalled_redis_gives_503_then_recovers(start_server, tmp_path) -> None:
+    own = EmbeddedRedis(tmp_path)
+    url = own.start()
+    try:
+        r = redis.Redis.from_url(url)
+        r.eval(sale_store.CREATE_LUA, 1, sale_store.sale_key("hat"), 100, 0)
+        server = start_server("--redis-timeout", "0.3", redis_url=url)
+        assert fetch(server.port, "GET", "/seckill/hat").status == 200
+        assert own.process is not None
+        os.kill(own.process.pid, signal.SIGSTOP)
+        try:
+            stalled = [fetch(server.port, "GET", f"/seckill/hat?user=s{i}") for i in range(3)]
+        finally:
+            os.kill(own.process.pid, signal.SIGCONT)
+        assert [s.status for s in stalled] == [503] * 3
+        statuses = set()
+        with Conn(server.port) as conn:
+            while 200 not in statuses:  # the next batch goes through
+                statuses.add(conn.request(get("/seckill/hat?user=after")).status)
+        # Stalled batches may have run once Redis woke up (their outcome was unknown,
+        # so they answered 503), but never twice: stream and counter agree.
+        sold = int(r.hget(sale_store.sale_key("hat"), "sold"))
+        assert r.xlen(sale_store.orders_key("hat")) == sold
+        r.close()
+    finally:
+        own.stop()

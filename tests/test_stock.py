@@ -1,0 +1,123 @@
+"""Stock exactness: winners == stock == orders in the stream, under concurrency, with two
+workers; the admission script's idempotency; and no path that re-creates a lost sale."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+
+import pytest
+import redis
+
+import sale_store
+from conftest import require_tool
+from http_client import Conn, fetch, get, hammer
+
+
+def create(redis_client: redis.Redis, item: str, stock: int, sold: int = 0) -> None:
+    assert redis_client.eval(sale_store.CREATE_LUA, 1, sale_store.sale_key(item), stock, sold) == 1
+
+
+@pytest.mark.slow
+def test_exactly_stock_winners_under_concurrency(start_server, redis_client: redis.Redis) -> None:
+    create(redis_client, "phone", 1000)
+    server = start_server(workers=2)
+    connections, per_connection = 200, 100  # 20,000 requests, distinct users
+    paths = [[f"/seckill/phone?user=u{c}-{i}" for i in range(per_connection)] for c in range(connections)]
+    answers = asyncio.run(hammer(server.port, paths))
+
+    assert len(answers) == connections * per_connection
+    statuses = [a.status for a in answers]
+    assert set(statuses) <= {200, 409}, {s for s in statuses if s not in (200, 409)}
+    won = [a.json() for a in answers if a.status == 200]
+    assert len(won) == 1000
+    order_ids = [w["order"] for w in won]
+    assert len(set(order_ids)) == 1000
+    assert sorted(w["seq"] for w in won) == list(range(1, 1001))
+
+    stream = redis_client.xrange(sale_store.orders_key("phone"))
+    assert len(stream) == 1000
+    streamed = {f[b"order"].decode(): f[b"user"].decode() for _, f in stream}
+    assert set(streamed) == set(order_ids)
+    assert len(set(streamed.values())) == 1000  # distinct users, each won once
+    assert fetch(server.port, "GET", "/stock/phone").json() == {
+        "item": "phone", "stock": 1000, "sold": 1000, "remaining": 0,
+    }
+    # Both workers took part (SO_REUSEPORT spread the connections).
+    batches = {f[b"batch"].decode().split(".")[0] for _, f in stream}
+    assert len(batches) == 2
+
+
+def test_seed_demo_with_ab(start_server, redis_client: redis.Redis) -> None:
+    """The seed's own check: `ab -c 100 -n 200 /limit` on a fresh server lets exactly 5 win."""
+    ab = require_tool("ab")
+    server = start_server(demo=True)
+    out = subprocess.run(
+        [ab, "-q", "-c", "100", "-n", "200", f"http://127.0.0.1:{server.port}/limit"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    assert re.search(r"^Complete requests:\s+200$", out, re.M), out
+    assert re.search(r"^Failed requests:\s+\d+", out, re.M)  # lengths differ: won vs sold_out
+    assert re.search(r"^Non-2xx responses:\s+195$", out, re.M), out
+    assert redis_client.xlen(sale_store.orders_key("limit")) == 5
+    assert fetch(server.port, "GET", "/stock/limit").json()["remaining"] == 0
+
+
+def test_keys_lost_while_serving_answer_404_never_200(start_server, redis_client: redis.Redis) -> None:
+    create(redis_client, "hat", 100)
+    create(redis_client, "cap", 1)
+    server = start_server()
+    assert fetch(server.port, "GET", "/seckill/hat").status == 200
+    assert fetch(server.port, "GET", "/seckill/cap").status == 200
+    assert fetch(server.port, "GET", "/seckill/cap").status == 409  # gate armed
+    redis_client.flushdb()  # Redis lost everything (restart without persistence)
+    with Conn(server.port) as conn:
+        for _ in range(50):
+            assert conn.request(get("/seckill/hat")).status == 404
+            assert conn.request(get("/seckill/cap")).status in (404, 409)
+    assert not redis_client.exists(sale_store.sale_key("hat"), sale_store.sale_key("cap"))
+    assert fetch(server.port, "GET", "/stock/hat").status == 404
+
+
+def _admit(redis_client: redis.Redis, item: str, batch_id: str, users: list[str]) -> list[bytes]:
+    return redis_client.eval(  # type: ignore[no-any-return]
+        sale_store.ADMIT_LUA, 3, sale_store.sale_key(item), sale_store.orders_key(item),
+        sale_store.batch_key(item, batch_id), batch_id, *users,
+    )
+
+
+def test_admission_grants_in_order_and_replay_changes_nothing(redis_client: redis.Redis) -> None:
+    create(redis_client, "hat", 3, 1)
+    reply = _admit(redis_client, "hat", "b1", ["a", "b", "c", "d"])
+    granted, remaining, first_seq = (int(x) for x in reply[:3])
+    assert (granted, remaining, first_seq) == (2, 0, 2)
+    stream = redis_client.xrange(sale_store.orders_key("hat"))
+    assert [f[b"user"] for _, f in stream] == [b"a", b"b"]  # arrival order wins
+    # The same call again, as redis-py would resend it after a lost reply.
+    assert _admit(redis_client, "hat", "b1", ["a", "b", "c", "d"]) == reply
+    assert redis_client.xlen(sale_store.orders_key("hat")) == 2
+    assert redis_client.hget(sale_store.sale_key("hat"), "sold") == b"3"
+    # A new batch sees the item sold out.
+    assert [int(x) for x in _admit(redis_client, "hat", "b2", ["e"])[:3]] == [0, 0, 4]
+
+
+def test_admission_of_a_missing_item_creates_nothing(redis_client: redis.Redis) -> None:
+    assert _admit(redis_client, "ghost", "b1", ["a"]) == []
+    assert redis_client.keys("*ghost*") == []
+
+
+def test_sold_out_gate_sees_a_restock(start_server, redis_client: redis.Redis) -> None:
+    create(redis_client, "hat", 1)
+    server = start_server("--gate-interval", "0.05")
+    with Conn(server.port) as conn:
+        assert conn.request(get("/seckill/hat")).status == 200
+        assert conn.request(get("/seckill/hat")).status == 409
+        redis_client.hincrby(sale_store.sale_key("hat"), "stock", 1)
+        # Within the gate interval the answer may still be 409; then the unit is sold.
+        statuses = []
+        while 200 not in statuses:
+            statuses.append(conn.request(get("/seckill/hat")).status)
+            assert len(statuses) < 100_000
+        assert set(statuses[:-1]) <= {409}
+    assert redis_client.xlen(sale_store.orders_key("hat")) == 2
