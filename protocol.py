@@ -40,6 +40,12 @@ _HEADER_LINE = re.compile(
 )
 _TOKEN_RE = re.compile(_TOKEN)
 _DIGITS = re.compile(rb"[0-9]+")
+# int() refuses more than 4300 digits; a Content-Length this long is too large anyway.
+_MAX_LENGTH_DIGITS = 18
+# A byte no head may hold: NUL, or an LF without its CR (RFC 9112 2.2: no bare LF line ends).
+_BAD_HEAD_BYTE = re.compile(rb"\x00|(?<!\r)\n")
+# absolute-form: the authority runs up to the first "/" or "?" (RFC 3986 3.2).
+_AUTHORITY = re.compile(rb"[^/?]*")
 # A framing header spelt with underscores: some proxies map it to the real one.
 _FRAMING_LOOKALIKES = frozenset({b"content_length", b"transfer_encoding"})
 
@@ -129,14 +135,23 @@ class RequestParser:
         request = self._head
         if request is None:
             buf = self._buf
+            if not buf:
+                return None
             end = buf.find(b"\r\n\r\n", self._scan_from)
             if end < 0:
-                self._check_incomplete_head(buf)
+                self._scan_from = max(0, len(buf) - 3)
+                error = _doomed_head(buf, len(buf))
+                if error is not None:
+                    raise error
                 return None
-            if end + 4 > MAX_HEAD:
-                self._check_request_line(buf)
-                raise HttpError(431, "request head too large")
-            request, length = _parse_head(buf[:end])
+            try:
+                if end + 4 > MAX_HEAD:
+                    raise HttpError(431, "request head too large")
+                request, length = _parse_head(buf[:end])
+            except HttpError as exc:
+                # Fed in smaller pieces, a prefix of this head would have met the early
+                # checks first: answer as they would, whatever the split.
+                raise _doomed_head(buf, end + 3) or exc from None
             rest = buf[end + 4 :]
             if not length:
                 self._buf = rest
@@ -154,34 +169,69 @@ class RequestParser:
         self._scan_from = 0
         return request
 
-    def _check_incomplete_head(self, buf: bytes) -> None:
-        """Reject early what can never become a valid head, instead of waiting for more."""
-        self._scan_from = max(0, len(buf) - 3)
-        self._check_request_line(buf)
-        if len(buf) > MAX_HEAD:
-            raise HttpError(431, "request head too large")
-        if buf.count(b"\n") != buf.count(b"\r\n"):
-            raise HttpError(400, "bare LF in request head")
-        if b"\x00" in buf:
-            raise HttpError(400, "NUL byte in request head")
-        space = buf.find(b" ")
-        method = buf[:space] if space >= 0 else buf[: MAX_METHOD + 1]
-        if method and _TOKEN_RE.fullmatch(method) is None:
-            raise HttpError(400, "malformed request line")
-        if len(method) > MAX_METHOD:
-            raise HttpError(501, "method not implemented")
 
-    @staticmethod
-    def _check_request_line(buf: bytes) -> None:
-        line_end = buf.find(b"\r\n")
-        if line_end > MAX_REQUEST_LINE or (line_end < 0 and len(buf) > MAX_REQUEST_LINE):
-            raise HttpError(414, "request line too long")
+def _doomed_head(buf: bytes, size: int) -> HttpError | None:
+    """The error for the first `size` bytes of `buf` if no head can start with them, else None.
+
+    This rejects early what is still incomplete, instead of waiting for more. Each check is
+    placed at the byte that first shows it and the earliest wins, so the answer does not
+    depend on how the bytes were split across reads.
+    """
+    size = min(size, MAX_HEAD + 1)  # past MAX_HEAD it is a 431 whatever follows
+    errors: list[tuple[int, int, str]] = []
+    # The method: a token longer than any we know (501, as llhttp/nginx do), else a token
+    # and a space. A leading empty line fails here too.
+    method = _TOKEN_RE.match(buf, 0, min(size, MAX_METHOD + 1))
+    method_end = method.end() if method is not None else 0
+    if method_end > MAX_METHOD:
+        errors.append((MAX_METHOD, 501, "method not implemented"))
+    elif method_end < size and (method_end == 0 or buf[method_end] != 0x20):
+        errors.append((method_end, 400, "malformed request line"))
+    # find() and count() run at memchr speed; the regex only runs to place a byte we refuse.
+    if buf.find(b"\x00", 0, size) >= 0 or buf.count(b"\n", 0, size) != buf.count(b"\r\n", 0, size):
+        bad = _BAD_HEAD_BYTE.search(buf, 0, size)
+        assert bad is not None
+        errors.append((bad.start(), 400, "NUL or bare LF in request head"))
+    if size > MAX_REQUEST_LINE + 1 and buf.find(b"\r\n", 0, MAX_REQUEST_LINE + 2) < 0:
+        errors.append((MAX_REQUEST_LINE + 1, 414, "request line too long"))
+    if size > MAX_HEAD:
+        errors.append((MAX_HEAD, 431, "request head too large"))
+    if not errors:
+        return None
+    _, status, reason = min(errors)
+    return HttpError(status, reason)
+
+
+# Parsed header blocks, by their bytes. A client sends the same headers with every
+# request (same Host, User-Agent, cookies), so after the first request of a client the
+# block costs one dict lookup instead of a regex per line. Parsing is a pure function of
+# the bytes, so a hit is exactly what parsing would give; errors are never cached.
+_HEADER_BLOCKS: dict[bytes, _HeaderBlock] = {}
+MAX_CACHED_HEADER_BLOCKS = 512  # x MAX_HEAD bounds the memory: 8 MiB at worst
+
+
+class _HeaderBlock:
+    __slots__ = ("headers", "length", "chunked", "hosts", "connection")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], length: int, chunked: bool,
+                 hosts: int, connection: frozenset[bytes]) -> None:
+        self.headers = headers
+        self.length = length  # -1: no Content-Length
+        self.chunked = chunked
+        self.hosts = hosts
+        self.connection = connection  # the Connection header's tokens, lower-cased
+
+
+_NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 def _parse_head(head: bytes) -> tuple[Request, int]:
     """Parse a head (without its final CRLFCRLF); return the request and its body length."""
-    lines = head.split(b"\r\n")
-    line = lines[0]
+    line_end = head.find(b"\r\n")
+    if line_end < 0:
+        line, block_bytes = head, b""
+    else:
+        line, block_bytes = head[:line_end], head[line_end + 2 :]
     if len(line) > MAX_REQUEST_LINE:
         raise HttpError(414, "request line too long")
     match = _REQUEST_LINE.fullmatch(line)
@@ -193,16 +243,61 @@ def _parse_head(head: bytes) -> tuple[Request, int]:
     if major != b"1" or minor not in (b"0", b"1"):
         raise HttpError(505, "HTTP version not supported")
     http10 = minor == b"0"
-    if len(lines) - 1 > MAX_HEADERS:
-        raise HttpError(431, "too many header fields")
 
+    block = _HEADER_BLOCKS.get(block_bytes)
+    if block is None:
+        block = _parse_header_block(block_bytes)
+        if len(_HEADER_BLOCKS) < MAX_CACHED_HEADER_BLOCKS:
+            _HEADER_BLOCKS[block_bytes] = block
+    length = block.length
+    if block.chunked:
+        if length >= 0:
+            raise HttpError(400, "both Content-Length and Transfer-Encoding")
+        if http10:
+            raise HttpError(400, "Transfer-Encoding in HTTP/1.0")
+        raise HttpError(501, "Transfer-Encoding not implemented")
+    if not http10 and block.hosts != 1:
+        raise HttpError(400, "HTTP/1.1 needs exactly one Host header")
+    tokens = block.connection
+    if http10:
+        keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+    else:
+        keep_alive = b"close" not in tokens
+
+    if b"#" in target:
+        raise HttpError(400, "fragment in request target")
+    if target[:1] == b"/":
+        path, _, query = target.partition(b"?")
+    elif target == b"*":
+        if method != b"OPTIONS":
+            raise HttpError(400, "asterisk-form target needs OPTIONS")
+        path, query = b"*", b""
+    elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+        # absolute-form (RFC 9112 3.2.2): what a proxy sends; serve its path.
+        after = target.partition(b"://")[2]
+        authority = _AUTHORITY.match(after)
+        assert authority is not None  # [^/?]* matches the empty string
+        path, _, query = after[authority.end() :].partition(b"?")
+        path = path or b"/"
+    else:
+        raise HttpError(400, "malformed request target")
+    return (
+        Request(method, target, path, query, http10, keep_alive, block.headers, b""),
+        max(length, 0),
+    )
+
+
+def _parse_header_block(block: bytes) -> _HeaderBlock:
+    lines = block.split(b"\r\n") if block else []
+    if len(lines) > MAX_HEADERS:
+        raise HttpError(431, "too many header fields")
     headers: list[tuple[bytes, bytes]] = []
     length = -1
     chunked = False
     hosts = 0
-    connection = b""
+    connection: list[bytes] = []
     header_line = _HEADER_LINE.fullmatch
-    for raw in lines[1:]:
+    for raw in lines:
         m = header_line(raw)
         if m is None:
             if raw[:1] in (b" ", b"\t"):
@@ -216,7 +311,7 @@ def _parse_head(head: bytes) -> tuple[Request, int]:
                 raise HttpError(400, "duplicate Content-Length")
             if _DIGITS.fullmatch(value) is None:
                 raise HttpError(400, "invalid Content-Length")
-            length = int(value)
+            length = int(value) if len(value) <= _MAX_LENGTH_DIGITS else MAX_BODY + 1
             if length > MAX_BODY:
                 raise HttpError(413, "request body too large")
         elif name == b"transfer-encoding":
@@ -224,41 +319,8 @@ def _parse_head(head: bytes) -> tuple[Request, int]:
         elif name == b"host":
             hosts += 1
         elif name == b"connection":
-            connection = connection + b"," + value.lower() if connection else value.lower()
+            connection.extend(t.strip() for t in value.lower().split(b","))
         elif name in _FRAMING_LOOKALIKES:
             raise HttpError(400, "underscore in a framing header name")
-
-    if chunked:
-        if length >= 0:
-            raise HttpError(400, "both Content-Length and Transfer-Encoding")
-        if http10:
-            raise HttpError(400, "Transfer-Encoding in HTTP/1.0")
-        raise HttpError(501, "Transfer-Encoding not implemented")
-    if not http10 and hosts != 1:
-        raise HttpError(400, "HTTP/1.1 needs exactly one Host header")
-
-    if connection:
-        tokens = {t.strip() for t in connection.split(b",")}
-        keep_alive = b"close" not in tokens and (not http10 or b"keep-alive" in tokens)
-    else:
-        keep_alive = not http10
-
-    if b"#" in target:
-        raise HttpError(400, "fragment in request target")
-    if target[:1] == b"/":
-        path, _, query = target.partition(b"?")
-    elif target == b"*":
-        if method != b"OPTIONS":
-            raise HttpError(400, "asterisk-form target needs OPTIONS")
-        path, query = b"*", b""
-    elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
-        # absolute-form (RFC 9112 3.2.2): what a proxy sends; serve its path.
-        after = target.partition(b"://")[2]
-        slash = after.find(b"/")
-        path, _, query = (after[slash:] if slash >= 0 else b"/").partition(b"?")
-    else:
-        raise HttpError(400, "malformed request target")
-    return (
-        Request(method, target, path, query, http10, keep_alive, headers, b""),
-        max(length, 0),
-    )
+    return _HeaderBlock(headers, length, chunked, hosts,
+                        frozenset(connection) if connection else _NO_TOKENS)
