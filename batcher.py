@@ -49,7 +49,8 @@ ADMIT_SHA = hashlib.sha1(ADMIT_LUA.encode()).hexdigest()
 
 
 class Waiter(Protocol):
-    def finish(self, outcome: int, order: str, seq: int) -> None: ...
+    def finish(self, outcome: int, tag: bytes, seq: int) -> None:
+        """The purchase's outcome; for WON, the order id is `<tag>-<seq>`."""
 
 
 class Stats:
@@ -192,19 +193,18 @@ class Batcher:
             if isinstance(reply, ResponseError):  # the script itself failed: a bug or bad data
                 log.error("admission call for %s failed: %r", item, reply)
             for _, waiter in requests:
-                waiter.finish(UNAVAILABLE, "", 0)
+                waiter.finish(UNAVAILABLE, b"", 0)
             return
         if not reply:
             for _, waiter in requests:
-                waiter.finish(UNKNOWN_ITEM, "", 0)
+                waiter.finish(UNKNOWN_ITEM, b"", 0)
             return
-        granted, remaining, first_seq = int(reply[0]), int(reply[1]), int(reply[2])
-        tag = reply[3].decode()
+        granted, remaining, seq = int(reply[0]), int(reply[1]), int(reply[2])
+        tag = reply[3]
         if remaining <= 0:
             self._sold_out_until[item] = gate_until
-        for i, (_, waiter) in enumerate(requests):
-            if i < granted:
-                seq = first_seq + i
-                waiter.finish(WON, f"{tag}-{seq}", seq)
-            else:
-                waiter.finish(SOLD_OUT, "", 0)
+        for _, waiter in requests[:granted]:
+            waiter.finish(WON, tag, seq)
+            seq += 1
+        for _, waiter in requests[granted:]:
+            waiter.finish(SOLD_OUT, b"", 0)

@@ -79,8 +79,23 @@ class Slot:
         self.close = close
 
     def set(self, data: bytes) -> None:
+        conn = self.conn
+        pending = conn._pending
+        if len(pending) == 1 and pending[0] is self:
+            # The common case, one request in flight on this connection: write it now.
+            pending.clear()
+            transport = conn._transport
+            if transport is None:
+                return
+            transport.write(data)
+            if self.close or conn.closing:
+                transport.close()
+            elif conn._reading_paused and not conn._writing_paused:
+                conn._resume_reading()
+                conn._process()
+            return
         self.data = data
-        self.conn._write_ready()
+        conn._write_ready()
 
 
 class HttpConnection(asyncio.Protocol):

@@ -91,13 +91,21 @@ class Purchase(Slot):
     __slots__ = ("app", "item", "mode")
 
     def __init__(self, app: SeckillApp, conn: HttpConnection, item: str, mode: int) -> None:
-        Slot.__init__(self, conn, mode == CLOSE)
+        self.conn = conn
+        self.data = None
+        self.close = mode == CLOSE
         self.app = app
         self.item = item
         self.mode = mode
 
-    def finish(self, outcome: int, order: str, seq: int) -> None:
-        self.set(self.app.purchase_answer(self.item, outcome, order, seq, self.mode))
+    def finish(self, outcome: int, tag: bytes, seq: int) -> None:
+        if outcome == batching.WON:
+            body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d}' % (
+                self.item.encode(), tag, seq, seq,
+            )
+            self.set(self.app.responses.build(200, body, self.mode))
+        else:
+            self.set(self.app.purchase_answer(self.item, outcome, self.mode))
 
 
 class SeckillApp:
@@ -162,19 +170,15 @@ class SeckillApp:
         user = _user(request) if request.query or request.body else b""
         batcher = self.batcher
         if batcher.sold_out(item):
-            return self.purchase_answer(item, batching.SOLD_OUT, "", 0, mode)
+            return self.purchase_answer(item, batching.SOLD_OUT, mode)
         purchase = Purchase(self, conn, item, mode)
         if not batcher.submit(item, user, purchase):
-            return self.purchase_answer(item, batching.UNAVAILABLE, "", 0, mode)
+            return self.purchase_answer(item, batching.UNAVAILABLE, mode)
         return purchase
 
-    def purchase_answer(self, item: str, outcome: int, order: str, seq: int, mode: int) -> bytes:
+    def purchase_answer(self, item: str, outcome: int, mode: int) -> bytes:
+        """The answer for an outcome other than WON (those carry an order: Purchase.finish)."""
         responses = self.responses
-        if outcome == batching.WON:
-            body = b'{"result":"won","item":"%s","order":"%s","seq":%d}' % (
-                item.encode(), order.encode(), seq,
-            )
-            return responses.build(200, body, mode)
         if outcome == batching.SOLD_OUT:
             return responses.get(409, b'{"result":"sold_out","item":"%s"}' % item.encode(), mode)
         if outcome == batching.UNKNOWN_ITEM:
