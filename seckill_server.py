@@ -26,7 +26,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlsplit
 
@@ -253,8 +253,9 @@ def make_redis(url: str, timeout: float) -> Redis:
     )
 
 
-async def serve(config: Config) -> None:
-    """Run one worker until SIGTERM/SIGINT, then drain within the graceful timeout."""
+async def serve(config: Config, abort: Callable[[], None] = lambda: None) -> None:
+    """Run one worker until SIGTERM/SIGINT, then drain within the graceful timeout.
+    A second signal calls `abort` (the parent's clean-up) and exits at once."""
     loop = asyncio.get_running_loop()
     assert config.redis is not None
     redis = make_redis(config.redis, config.redis_timeout)
@@ -273,6 +274,7 @@ async def serve(config: Config) -> None:
 
     def on_signal() -> None:
         if stop.is_set():  # a second signal: leave now
+            abort()
             os._exit(1)
         stop.set()
 
@@ -305,8 +307,8 @@ async def serve(config: Config) -> None:
     await redis.aclose()
 
 
-def run_worker(config: Config) -> None:
-    uvloop.run(serve(config))
+def run_worker(config: Config, abort: Callable[[], None] = lambda: None) -> None:
+    uvloop.run(serve(config, abort))
 
 
 # --- The parent: Redis, the demo sale, workers ------------------------------------
@@ -380,7 +382,7 @@ def main_serve(config: Config) -> int:
             "" if config.workers == 1 else "s", mask_url(url), config.redis_timeout,
         )
         if config.workers == 1:
-            run_worker(config)
+            run_worker(config, abort=embedded.stop if embedded is not None else lambda: None)
             return 0
         return supervise(config)
     finally:
