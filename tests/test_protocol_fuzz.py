@@ -1,0 +1,132 @@
+"""Property tests for the request parser (h11's fuzz/afl-server.py invariant, and more).
+
+For any bytes the parser yields requests or raises `HttpError`, never anything else; and
+how the bytes are split across reads changes nothing: fed whole, in arbitrary chunks or
+byte by byte, the same requests come out and the same status ends the connection.
+
+One difference is by design: a method longer than any known is refused with 501 while
+the head is incomplete, but a complete head with one parses (the server answers 501). So
+outcomes are compared with such a request read as the 501 that ends the connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import MAX_METHOD, HttpError, Request, RequestParser
+
+FUZZ = settings(max_examples=400, deadline=None)
+
+SEEDS = [
+    b"GET /limit HTTP/1.0\r\nHost: 127.0.0.1:5000\r\nUser-Agent: ApacheBench/2.3\r\nAccept: */*\r\n\r\n",
+    b"GET /limit HTTP/1.0\r\nConnection: Keep-Alive\r\nHost: 127.0.0.1:5000\r\n\r\n",
+    b"GET /limit HTTP/1.1\r\nHost: 127.0.0.1:5000\r\n\r\n",
+    b"POST /seckill/hat HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    b"Content-Length: 8\r\n\r\nuser=bob",
+    b'POST /admin/items HTTP/1.1\r\nHost: t\r\nContent-Length: 17\r\n\r\n{"user": "carol"}',
+    b"GET /a?x=1 HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET http://example.com/p?q=1 HTTP/1.1\r\nHost: example.com\r\nX-Empty:\r\n\r\n",
+]
+# Bytes that matter to the grammar, and pieces of it, so mutations and soups reach past
+# the request line instead of dying on its first byte.
+SPECIAL = [b"\r", b"\n", b"\x00", b" ", b"\t", b":", b"/", b"?", b"#", b"*", b",", b"0", b"9",
+           b"-", b"_", b"\x7f", b"\x80", b"\xff", b"A", b"e"]
+PIECES = [*SPECIAL, b"\r\n", b"\r\n\r\n", b"GET", b"POST", b"OPTIONS", b"FOOBARBAZ", b"HTTP/1.1",
+          b"HTTP/1.0", b"HTTP/2.0", b"Host: t", b"Content-Length: ", b"Transfer-Encoding: chunked",
+          b"Connection: close", b"Connection: keep-alive", b"http://h", b"12", b"99999"]
+
+
+def as_outcome(request: Request) -> tuple[Any, ...]:
+    return ("request", *(getattr(request, name) for name in Request.__slots__ if name != "headers"),
+            tuple(request.headers))
+
+
+def parse(chunks: list[bytes]) -> tuple[list[tuple[Any, ...]], tuple[int, bool] | None]:
+    """Outcomes of feeding each chunk and draining, and the final state if no error ended it."""
+    parser = RequestParser()
+    outcomes: list[tuple[Any, ...]] = []
+    for chunk in chunks:
+        parser.feed(chunk)
+        try:
+            while (request := parser.next_request()) is not None:
+                if len(request.method) > MAX_METHOD:
+                    return [*outcomes, ("error", 501)], None  # see the module docstring
+                outcomes.append(as_outcome(request))
+        except HttpError as exc:
+            assert 400 <= exc.status < 600
+            with pytest.raises(HttpError):  # dead after an error
+                parser.next_request()
+            return [*outcomes, ("error", exc.status)], None
+    return outcomes, (parser.buffered, parser.mid_request)
+
+
+def chop(data: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = [0, *sorted(cuts), len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def check_splits(data: bytes, cuts: list[int]) -> None:
+    whole = parse([data])
+    assert parse(chop(data, cuts)) == whole
+    assert parse([data[i : i + 1] for i in range(len(data))]) == whole
+
+
+def cuts_for(data: bytes) -> st.SearchStrategy[list[int]]:
+    return st.lists(st.integers(0, len(data)), max_size=8)
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_any_bytes_parse_or_raise_http_error(data: bytes) -> None:
+    parse([data])
+
+
+@FUZZ
+@given(st.data())
+def test_any_bytes_split_anywhere_same_outcome(data: st.DataObject) -> None:
+    raw = data.draw(st.binary(max_size=512), label="raw")
+    check_splits(raw, data.draw(cuts_for(raw), label="cuts"))
+
+
+@FUZZ
+@given(st.data())
+def test_grammar_soup_split_anywhere_same_outcome(data: st.DataObject) -> None:
+    raw = b"".join(data.draw(st.lists(st.sampled_from(PIECES), max_size=60), label="pieces"))
+    check_splits(raw, data.draw(cuts_for(raw), label="cuts"))
+
+
+@st.composite
+def mutated_seed(draw: st.DrawFn) -> bytes:
+    """A valid request (or pipeline) with a few bytes inserted, deleted or replaced."""
+    raw = bytearray(draw(st.sampled_from(SEEDS)))
+    byte = st.one_of(st.sampled_from(SPECIAL), st.binary(min_size=1, max_size=1))
+    for _ in range(draw(st.integers(0, 4))):
+        op = draw(st.sampled_from(["insert", "delete", "replace"]))
+        if op == "insert":
+            at = draw(st.integers(0, len(raw)))
+            raw[at:at] = draw(byte)
+        elif raw:
+            at = draw(st.integers(0, len(raw) - 1))
+            raw[at : at + 1] = b"" if op == "delete" else draw(byte)
+    return bytes(raw)
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_request_split_anywhere_same_outcome(data: st.DataObject) -> None:
+    raw = data.draw(mutated_seed(), label="raw")
+    check_splits(raw, data.draw(cuts_for(raw), label="cuts"))
+
+
+@FUZZ
+@given(st.sampled_from(SEEDS), st.data())
+def test_valid_seed_split_anywhere_parses_fully(seed: bytes, data: st.DataObject) -> None:
+    outcomes, state = parse(chop(seed, data.draw(cuts_for(seed), label="cuts")))
+    assert state == (0, False)
+    assert outcomes and all(o[0] == "request" for o in outcomes)
+    assert outcomes == parse([seed])[0]
