@@ -60,7 +60,8 @@ class HttpError(Exception):
 
 
 class Request:
-    """One complete request. Header names are lower-cased; values are bytes as sent."""
+    """One complete request. Header names are lower-cased; values are bytes as sent.
+    Identical bodyless requests share one object (see _BODYLESS): treat it as read-only."""
 
     __slots__ = ("method", "target", "path", "query", "http10", "keep_alive", "headers", "body")
 
@@ -72,7 +73,7 @@ class Request:
         query: bytes,
         http10: bool,
         keep_alive: bool,
-        headers: list[tuple[bytes, bytes]],
+        headers: tuple[tuple[bytes, bytes], ...],
         body: bytes,
     ) -> None:
         self.method = method
@@ -144,16 +145,25 @@ class RequestParser:
                 if error is not None:
                     raise error
                 return None
+            head = buf[:end]
+            request = _BODYLESS.get(head)
+            if request is not None:  # seen before: the same request, already parsed
+                self._buf = buf[end + 4 :]
+                self._scan_from = 0
+                return request
             try:
                 if end + 4 > MAX_HEAD:
                     raise HttpError(431, "request head too large")
-                request, length = _parse_head(buf[:end])
+                request, length = _parse_head(head)
             except HttpError as exc:
                 # Fed in smaller pieces, a prefix of this head would have met the early
                 # checks first: answer as they would, whatever the split.
                 raise _doomed_head(buf, end + 3) or exc from None
             rest = buf[end + 4 :]
             if not length:
+                if len(_BODYLESS) >= MAX_CACHED_HEADS:
+                    _BODYLESS.clear()
+                _BODYLESS[head] = request
                 self._buf = rest
                 self._scan_from = 0
                 return request
@@ -202,6 +212,13 @@ def _doomed_head(buf: bytes, size: int) -> HttpError | None:
     return HttpError(status, reason)
 
 
+# Parsed requests without a body, by their head bytes. Load tools and many real clients
+# (a page polled, a button pressed again) send byte-identical requests; a hit skips the
+# parse altogether. Such a Request is shared, so nothing may modify a Request. The memo
+# is emptied when full, so a stream of one-off heads (distinct ?user=) cannot pin it.
+_BODYLESS: dict[bytes, Request] = {}
+MAX_CACHED_HEADS = 1024  # x MAX_HEAD bounds the memory: 16 MiB at worst
+
 # Parsed header blocks, by their bytes. A client sends the same headers with every
 # request (same Host, User-Agent, cookies), so after the first request of a client the
 # block costs one dict lookup instead of a regex per line. Parsing is a pure function of
@@ -213,7 +230,7 @@ MAX_CACHED_HEADER_BLOCKS = 512  # x MAX_HEAD bounds the memory: 8 MiB at worst
 class _HeaderBlock:
     __slots__ = ("headers", "length", "chunked", "hosts", "connection")
 
-    def __init__(self, headers: list[tuple[bytes, bytes]], length: int, chunked: bool,
+    def __init__(self, headers: tuple[tuple[bytes, bytes], ...], length: int, chunked: bool,
                  hosts: int, connection: frozenset[bytes]) -> None:
         self.headers = headers
         self.length = length  # -1: no Content-Length
@@ -322,5 +339,5 @@ def _parse_header_block(block: bytes) -> _HeaderBlock:
             connection.extend(t.strip() for t in value.lower().split(b","))
         elif name in _FRAMING_LOOKALIKES:
             raise HttpError(400, "underscore in a framing header name")
-    return _HeaderBlock(headers, length, chunked, hosts,
+    return _HeaderBlock(tuple(headers), length, chunked, hosts,
                         frozenset(connection) if connection else _NO_TOKENS)

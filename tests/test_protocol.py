@@ -47,7 +47,7 @@ def req(
         "query": query,
         "http10": http10,
         "keep_alive": (not http10) if keep_alive is None else keep_alive,
-        "headers": [(b"host", b"t")] if headers is None else headers,
+        "headers": ((b"host", b"t"),) if headers is None else tuple(headers),
         "body": body,
     }
 
