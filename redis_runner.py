@@ -48,15 +48,20 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def answers(host: str, port: int, timeout: float = 0.25) -> bool:
-    """True if something at host:port answers a Redis PING."""
+def ping(host: str, port: int, timeout: float = 0.25) -> bytes:
+    """The first bytes of the answer to a PING at host:port; b"" if nothing answers."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+            return sock.recv(64)
     except OSError:
-        return False
+        return b""
+
+
+def answers(host: str, port: int, timeout: float = 0.25) -> bool:
+    """True if a Redis at host:port answers (a password it wants counts as an answer)."""
+    return ping(host, port, timeout).startswith((b"+PONG", b"-NOAUTH"))
 
 
 def free_port() -> int:
@@ -112,9 +117,13 @@ class EmbeddedRedis:
         )
         deadline = time.monotonic() + timeout
         while process.poll() is None and time.monotonic() < deadline:
-            if answers("127.0.0.1", self.port):
+            reply = ping("127.0.0.1", self.port)
+            if reply.startswith(b"+PONG"):
                 self.process = process
                 return
+            if reply.startswith(b"-LOADING"):
+                # Replaying a large AOF takes as long as it takes; killing it helps nobody.
+                deadline = time.monotonic() + timeout
             time.sleep(0.02)  # start-up only: Redis gives no other signal we can wait on
         process.kill()
         process.wait()

@@ -65,6 +65,7 @@ class Config:
     gate_interval: float = 0.1
     max_batch: int = batching.DEFAULT_MAX_BATCH
     max_waiting: int = batching.DEFAULT_MAX_WAITING
+    max_in_flight: int = batching.DEFAULT_MAX_IN_FLIGHT
     graceful_timeout: float = 10.0
     keepalive_timeout: float = 5.0
     header_timeout: float = 10.0
@@ -262,6 +263,7 @@ async def serve(config: Config, abort: Callable[[], None] = lambda: None) -> Non
     batcher = batching.Batcher(
         redis, timeout=config.redis_timeout, gate_interval=config.gate_interval,
         max_batch=config.max_batch, max_waiting=config.max_waiting,
+        max_in_flight=config.max_in_flight,
     )
     app = SeckillApp(config, redis, batcher)
     clock = Clock(loop.time())
@@ -304,6 +306,7 @@ async def serve(config: Config, abort: Callable[[], None] = lambda: None) -> Non
     except asyncio.TimeoutError:
         log.warning("graceful timeout: %d connections still open", len(registry.conns))
     ticker[0].cancel()
+    await batcher.close()
     await redis.aclose()
 
 
@@ -547,6 +550,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
                         help="requests per script call, at most")
     parser.add_argument("--max-waiting", type=_bounded(int, 1), default=d.max_waiting,
                         help="purchases waiting for Redis per worker before answering 503")
+    parser.add_argument("--max-in-flight", type=_bounded(int, 1, 64), default=d.max_in_flight,
+                        help="batches sent to Redis and not yet answered, per worker")
     parser.add_argument("--graceful-timeout", type=_bounded(float, 0.0),
                         default=d.graceful_timeout, metavar="SECONDS",
                         help="on SIGTERM, time to finish what was read before exiting")
