@@ -161,14 +161,14 @@ class Batcher:
                 calls.append((item, f"{self._id_prefix}{self._next_id:x}", queue[start : start + step]))
         try:
             replies = await asyncio.wait_for(self._call(calls), self._timeout)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             self.stats.failed_batches += 1
             log.warning("batch of %d calls failed: %r", len(calls), exc)
             replies = [exc] * len(calls)
         finally:
-            self._in_flight.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._in_flight.discard(asyncio.current_task())
         gate_until = time.monotonic() + self._gate_interval
-        for (item, _, requests), reply in zip(calls, replies):
+        for (item, _, requests), reply in zip(calls, replies, strict=True):
             self._answer(item, requests, reply, gate_until)
         if self._queues and not self._scheduled:
             self._send()
@@ -184,7 +184,7 @@ class Batcher:
             await self._redis.script_load(ADMIT_LUA)
             again = await self._pipeline([calls[i] for i in missing])
             self.stats.round_trips += 1
-            for i, reply in zip(missing, again):
+            for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
 

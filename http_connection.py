@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections import deque
 from typing import Protocol as TypingProtocol
+from typing import cast
 
 from protocol import HttpError, Request, RequestParser
 from responses import CLOSE, Responses, json_body
@@ -120,8 +121,9 @@ class HttpConnection(asyncio.Protocol):
 
     # --- asyncio callbacks -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        # uvloop's TCPTransport is not an asyncio.Transport subclass, but has its methods.
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._registry.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

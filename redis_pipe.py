@@ -82,7 +82,7 @@ class OrderedPipe:
     async def _connection(self) -> AbstractConnection:
         conn = self._conn
         if conn is None:
-            conn = self._conn = self._pool.make_connection()  # ours alone, never pooled
+            conn = self._conn = self._pool.make_connection()  # type: ignore[no-untyped-call]  # ours alone
         if self._broken:
             self._broken = False
             await conn.disconnect(nowait=True)

@@ -133,6 +133,10 @@ class EmbeddedRedis:
             tail = []
         raise RedisStartError("redis-server did not start: " + " | ".join(tail))
 
+    def restart(self, timeout: float = 10.0) -> None:
+        """Start again on the same port and data (after kill() or stop())."""
+        self._spawn(timeout)
+
     def kill(self) -> None:
         """Kill -9, as a crash would (tests)."""
         if self.process is not None:

@@ -146,18 +146,3 @@ async def delete_sale(redis: Redis, item: str) -> bool:
     """Delete a sale and its orders; False if there was none."""
     deleted = await redis.delete(sale_key(item), orders_key(item))
     return bool(deleted)
-
-
-async def read_orders(redis: Redis, item: str, count: int = 1000) -> list[dict[str, str]]:
-    """Every order in the stream, oldest first (for tests and audits)."""
-    orders: list[dict[str, str]] = []
-    start = "-"
-    while True:
-        entries = await redis.xrange(orders_key(item), start, "+", count=count)
-        for entry_id, fields in entries:
-            order = {k.decode(): v.decode() for k, v in fields.items()}
-            order["id"] = entry_id.decode()
-            orders.append(order)
-        if len(entries) < count:
-            return orders
-        start = "(" + entries[-1][0].decode()

@@ -39,7 +39,12 @@ import sale_store
 from http_connection import Clock, HttpConnection, Registry, Slot
 from protocol import KNOWN_METHODS, HttpError, Request
 from redis_runner import (
-    DEFAULT_LOCAL_URL, EmbeddedRedis, RedisStartError, answers, mask_url, recorded_url,
+    DEFAULT_LOCAL_URL,
+    EmbeddedRedis,
+    RedisStartError,
+    answers,
+    mask_url,
+    recorded_url,
 )
 from responses import CLOSE, KEEP, KEEP_10, Responses, json_body, strip_body
 
@@ -194,7 +199,7 @@ class SeckillApp:
         async def run() -> None:
             try:
                 status, body, extra = await asyncio.wait_for(work, self.config.redis_timeout)
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RedisError, OSError) as exc:
                 log.debug("redis call failed: %r", exc)
                 status, body, extra = 503, _UNAVAILABLE, _RETRY_AFTER
             answer = self.responses.get(status, body, mode, extra)
@@ -229,10 +234,10 @@ def _user(request: Request) -> bytes:
             ctype = (request.header(b"content-type") or b"").split(b";")[0].strip().lower()
             if ctype == b"application/json":
                 data = json.loads(request.body)
-                value = data.get("user", "") if isinstance(data, dict) else None
-                if not isinstance(value, str):
+                named = data.get("user", "") if isinstance(data, dict) else None
+                if not isinstance(named, str):
                     raise HttpError(400, "user must be a string")
-                user = value or user
+                user = named or user
             elif ctype in (b"", b"application/x-www-form-urlencoded"):
                 for key, value in parse_qsl(request.body.decode("ascii"), errors="strict"):
                     if key == "user":
@@ -303,7 +308,7 @@ async def serve(config: Config, abort: Callable[[], None] = lambda: None) -> Non
     try:
         await asyncio.wait_for(batcher.drain(), max(0.0, deadline - loop.time()))
         await asyncio.wait_for(registry.wait_empty(), max(0.0, deadline - loop.time()))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("graceful timeout: %d connections still open", len(registry.conns))
     ticker[0].cancel()
     await batcher.close()

@@ -10,9 +10,8 @@ import socket
 import pytest
 import redis
 
-from http_client import Conn, fetch, get
-
 import sale_store
+from http_client import Conn, fetch, get
 
 
 @pytest.fixture
