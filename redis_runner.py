@@ -74,8 +74,9 @@ class EmbeddedRedis:
     """A redis-server child process on a free loopback port, AOF under `data_dir`."""
 
     def __init__(self, data_dir: str | os.PathLike[str], *, appendfsync: str = "everysec",
-                 binary: str | None = None) -> None:
+                 binary: str | None = None, unixsocket: str | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.unixsocket = unixsocket  # also listen on this unix socket
         self.appendfsync = appendfsync
         self.binary = binary or find_redis_server()
         self.port = 0
@@ -110,6 +111,8 @@ class EmbeddedRedis:
             "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no",
             "--logfile", str(log_file),
         ]
+        if self.unixsocket:
+            args += ["--unixsocket", self.unixsocket, "--unixsocketperm", "700"]
         # Its own session: a Ctrl-C meant for the server must not stop Redis before
         # the workers have drained; we stop it last.
         process = subprocess.Popen(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 import subprocess
 
 import pytest
@@ -121,3 +122,65 @@ def test_sold_out_gate_sees_a_restock(start_server, redis_client: redis.Redis) -
             assert len(statuses) < 100_000
         assert set(statuses[:-1]) <= {409}
     assert redis_client.xlen(sale_store.orders_key("hat")) == 2
+
+
+def test_waiting_queue_is_bounded_while_redis_stalls(start_server, tmp_path) -> None:
+    """With Redis stopped, past --max-waiting purchases answer 503 at once (without
+    Redis) instead of queueing; when Redis resumes the queued ones are served."""
+    import os
+    import signal
+
+    from redis_runner import EmbeddedRedis
+
+    own = EmbeddedRedis(tmp_path)
+    url = own.start()
+    conns: list[Conn] = []
+    try:
+        r = redis.Redis.from_url(url)
+        create(r, "hat", 100)
+        server = start_server("--redis-timeout", "60", "--max-waiting", "5", "--max-in-flight", "1",
+                              redis_url=url)
+        assert own.process is not None
+        os.kill(own.process.pid, signal.SIGSTOP)
+        try:
+            conns = [Conn(server.port) for _ in range(30)]
+            for i, conn in enumerate(conns):
+                conn.send(get(f"/seckill/hat?user=u{i}"))
+            # At most one batch in flight plus 5 waiting: at least 20 are refused, and
+            # they are answered while Redis is still stopped.
+            answered: dict[Conn, int] = {}
+            while len(answered) < 20:
+                readable, _, _ = select.select([c.sock for c in conns if c not in answered], [], [], 30)
+                assert readable, "the refusals did not come while Redis was stopped"
+                for conn in conns:
+                    if conn.sock in readable:
+                        answered[conn] = conn.responses(1)[0].status
+        finally:
+            os.kill(own.process.pid, signal.SIGCONT)
+        assert set(answered.values()) == {503}
+        statuses = [conn.responses(1)[0].status for conn in conns if conn not in answered]
+        assert 5 <= statuses.count(200) <= 10
+        assert set(statuses) <= {200, 503}
+        assert r.xlen(sale_store.orders_key("hat")) == statuses.count(200)
+        r.close()
+    finally:
+        for conn in conns:
+            conn.close()
+        own.stop()
+
+
+def test_redis_over_a_unix_socket(start_server, tmp_path) -> None:
+    from redis_runner import EmbeddedRedis
+
+    sock = str(tmp_path / "r.sock")
+    own = EmbeddedRedis(tmp_path, unixsocket=sock)
+    own.start()
+    try:
+        r = redis.Redis(unix_socket_path=sock)
+        create(r, "hat", 1)
+        r.close()
+        server = start_server(redis_url=f"unix://{sock}")
+        assert fetch(server.port, "GET", "/seckill/hat").status == 200
+        assert fetch(server.port, "GET", "/seckill/hat").status == 409
+    finally:
+        own.stop()
