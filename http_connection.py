@@ -102,7 +102,7 @@ class Slot:
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_app", "_clock", "_registry", "_transport", "_parser", "_pending",
-        "closing", "_reading_paused", "_writing_paused", "last_active", "started", "requests",
+        "closing", "_reading_paused", "_writing_paused", "last_active", "started",
     )
 
     def __init__(self, app: App, clock: Clock, registry: Registry) -> None:
@@ -117,7 +117,6 @@ class HttpConnection(asyncio.Protocol):
         self._writing_paused = False
         self.last_active = clock.now  # last bytes received
         self.started = clock.now  # when the request being received began
-        self.requests = 0
 
     # --- asyncio callbacks -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,9 +131,8 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = self.last_active = self._clock.now
-        if not self._parser.mid_request:
+        if self._parser.feed(data):
             self.started = now
-        self._parser.feed(data)
         self._process()
 
     def eof_received(self) -> bool:
@@ -155,9 +153,9 @@ class HttpConnection(asyncio.Protocol):
 
     # --- request flow ----------------------------------------------------------
     def _process(self) -> None:
-        out: list[bytes] = []
         parser = self._parser
         pending = self._pending
+        out = b""  # answers ready now, in order, ahead of anything pending
         while not self.closing:
             if len(pending) >= MAX_PIPELINED:
                 self._pause_reading()
@@ -173,26 +171,23 @@ class HttpConnection(asyncio.Protocol):
             else:
                 if request is None:
                     break
-                self.requests += 1
                 if not request.keep_alive:
                     self.closing = True
                 answer = self._app.dispatch(request, self)
-            if pending:
-                if type(answer) is bytes:
+            if answer.__class__ is bytes:
+                if pending:  # must wait for the answers ahead of it
                     slot = Slot(self, self.closing)
                     slot.data = answer
                     pending.append(slot)
                 else:
-                    pending.append(answer)  # type: ignore[arg-type]
-            elif type(answer) is bytes:
-                out.append(answer)
+                    out += answer
             else:
                 pending.append(answer)  # type: ignore[arg-type]
         transport = self._transport
         if transport is None:
             return
         if out:
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            transport.write(out)
         if self.closing and not pending:
             transport.close()
 

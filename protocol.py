@@ -117,11 +117,13 @@ class RequestParser:
         """True while part of a request has arrived (for idle-close decisions)."""
         return bool(self._buf) or self._head is not None
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bool:
+        """Add received bytes; True if they begin a new request (nothing was pending)."""
         if self._buf:
             self._buf += data
-        else:
-            self._buf = data
+            return False
+        self._buf = data
+        return self._head is None
 
     def next_request(self) -> Request | None:
         if self._closed:

@@ -37,18 +37,22 @@ def json_body(obj: Any) -> bytes:
 
 
 class Responses:
-    __slots__ = ("_date_line", "_prefix", "_cache")
+    __slots__ = ("_date_line", "_prefix", "_cache", "memo")
 
     def __init__(self) -> None:
         self._date_line = b""
         self._prefix: dict[int, bytes] = {}
         self._cache: dict[tuple[int, bytes, int, bytes], bytes] = {}
+        # Finished responses under the caller's own keys (cheaper to make than the body);
+        # emptied with the cache when the Date changes. Callers keep it under MAX_CACHED.
+        self.memo: dict[object, bytes] = {}
         self.refresh_date()
 
     def refresh_date(self) -> None:
         self._date_line = b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
         self._prefix = {}
         self._cache = {}
+        self.memo = {}
 
     def _head_prefix(self, status: int) -> bytes:
         prefix = self._prefix.get(status)

@@ -46,7 +46,7 @@ from redis_runner import (
     mask_url,
     recorded_url,
 )
-from responses import CLOSE, KEEP, KEEP_10, Responses, json_body, strip_body
+from responses import CLOSE, KEEP, KEEP_10, MAX_CACHED, Responses, json_body, strip_body
 
 __version__ = "0.1.0"
 
@@ -184,12 +184,21 @@ class SeckillApp:
 
     def purchase_answer(self, item: str, outcome: int, mode: int) -> bytes:
         """The answer for an outcome other than WON (those carry an order: Purchase.finish)."""
+        memo = self.responses.memo
+        key = (outcome, item, mode)
+        answer = memo.get(key)
+        if answer is not None:
+            return answer
         responses = self.responses
         if outcome == batching.SOLD_OUT:
-            return responses.get(409, b'{"result":"sold_out","item":"%s"}' % item.encode(), mode)
-        if outcome == batching.UNKNOWN_ITEM:
-            return responses.get(404, b'{"result":"unknown_item","item":"%s"}' % item.encode(), mode)
-        return responses.get(503, _UNAVAILABLE, mode, _RETRY_AFTER)
+            answer = responses.build(409, b'{"result":"sold_out","item":"%s"}' % item.encode(), mode)
+        elif outcome == batching.UNKNOWN_ITEM:
+            answer = responses.build(404, b'{"result":"unknown_item","item":"%s"}' % item.encode(), mode)
+        else:
+            answer = responses.build(503, _UNAVAILABLE, mode, _RETRY_AFTER)
+        if len(memo) < MAX_CACHED:
+            memo[key] = answer
+        return answer
 
     # Slow paths: one Redis call each, answered through a slot.
     def _later(self, conn: HttpConnection, mode: int, request: Request, work: Any) -> Slot:
