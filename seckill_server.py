@@ -120,42 +120,41 @@ class SeckillApp:
         self.redis = redis
         self.batcher = batcher
         self.responses = Responses()
-        self._items: dict[bytes, str | None] = {}
+        self._items: dict[bytes, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def dispatch(self, request: Request, conn: HttpConnection) -> bytes | Slot:
-        method = request.method
-        path = request.path
         if conn.closing:
             mode = CLOSE
         else:
             mode = KEEP_10 if request.http10 else KEEP
-        if method not in KNOWN_METHODS:
+        if request.method not in KNOWN_METHODS:
             conn.closing = True
             return self.responses.get(501, json_body({"error": "method not implemented"}), CLOSE)
         try:
-            if path.startswith(b"/seckill/"):
-                return self._purchase(request, conn, path[9:], mode)
-            if path == b"/limit":
-                return self._purchase(request, conn, b"limit", mode)
-            if method != b"GET" and method != b"HEAD":
-                if path.startswith(b"/stock/") or path in (b"/healthz", b"/readyz"):
-                    return self.responses.get(405, json_body({"error": "method not allowed"}), mode, _ALLOW_GET)
-                return self._head_aware(request, self.responses.get(404, _NOT_FOUND, mode))
-            if path.startswith(b"/stock/"):
-                item = self._item(path[7:])
-                return self._later(conn, mode, request, self._stock(item))
-            if path == b"/healthz":
-                return self._head_aware(request, self.responses.get(200, _OK, mode))
-            if path == b"/readyz":
-                return self._later(conn, mode, request, self._ready())
-            return self._head_aware(request, self.responses.get(404, _NOT_FOUND, mode))
+            answer = self._route(request, conn, mode)
         except HttpError as exc:
-            return self.responses.get(exc.status, json_body({"error": exc.reason}), mode)
+            answer = self.responses.get(exc.status, json_body({"error": exc.reason}), mode)
+        if request.method == b"HEAD" and answer.__class__ is bytes:
+            return strip_body(answer)
+        return answer
 
-    @staticmethod
-    def _head_aware(request: Request, answer: bytes) -> bytes:
-        return strip_body(answer) if request.method == b"HEAD" else answer
+    def _route(self, request: Request, conn: HttpConnection, mode: int) -> bytes | Slot:
+        path = request.path
+        if path.startswith(b"/seckill/"):
+            return self._purchase(request, conn, path[9:], mode)
+        if path == b"/limit":
+            return self._purchase(request, conn, b"limit", mode)
+        known = path.startswith(b"/stock/") or path in (b"/healthz", b"/readyz")
+        if not known:
+            return self.responses.get(404, _NOT_FOUND, mode)
+        if request.method != b"GET" and request.method != b"HEAD":
+            return self.responses.get(405, json_body({"error": "method not allowed"}), mode, _ALLOW_GET)
+        if path == b"/healthz":
+            return self.responses.get(200, _OK, mode)
+        if path == b"/readyz":
+            return self._later(conn, mode, request, self._ready())
+        return self._later(conn, mode, request, self._stock(self._item(path[7:])))
 
     def _item(self, raw: bytes) -> str:
         item = self._items.get(raw)
@@ -232,13 +231,9 @@ class SeckillApp:
 
 
 def _user(request: Request) -> bytes:
-    """The buyer's id from `?user=` or a form/JSON body; b"" when anonymous."""
-    user = ""
+    """The buyer's id from `?user=` or a form/JSON body (the body wins); b"" when anonymous."""
     try:
-        if request.query:
-            for key, value in parse_qsl(request.query.decode("ascii"), errors="strict"):
-                if key == "user":
-                    user = value
+        user = _form_user(request.query)
         if request.body:
             ctype = (request.header(b"content-type") or b"").split(b";")[0].strip().lower()
             if ctype == b"application/json":
@@ -248,9 +243,7 @@ def _user(request: Request) -> bytes:
                     raise HttpError(400, "user must be a string")
                 user = named or user
             elif ctype in (b"", b"application/x-www-form-urlencoded"):
-                for key, value in parse_qsl(request.body.decode("ascii"), errors="strict"):
-                    if key == "user":
-                        user = value
+                user = _form_user(request.body) or user
             else:
                 raise HttpError(415, "body must be a form or JSON")
     except (UnicodeDecodeError, ValueError) as exc:
@@ -258,6 +251,16 @@ def _user(request: Request) -> bytes:
     if len(user) > MAX_USER or not user.isprintable():
         raise HttpError(400, f"user must be at most {MAX_USER} printable characters")
     return user.encode()
+
+
+def _form_user(form: bytes) -> str:
+    """The last `user` in a query string or urlencoded form; "" if none."""
+    user = ""
+    if form:
+        for key, value in parse_qsl(form.decode("ascii"), errors="strict"):
+            if key == "user":
+                user = value
+    return user
 
 
 # --- One worker ---------------------------------------------------------------------

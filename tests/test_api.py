@@ -280,3 +280,16 @@ def test_client_half_close_still_gets_answers(server, redis_client: redis.Redis)
         conn.sock.shutdown(socket.SHUT_WR)
         assert conn.responses(1)[0].status == 200
         assert conn.closed_by_server()
+
+
+@pytest.mark.parametrize("path", ["/seckill/hat", "/nope", "/healthz", "/stock/hat", "/stock/b%20d"])
+def test_head_answers_carry_no_body(server, redis_client: redis.Redis, path: str) -> None:
+    """A body after a HEAD answer would be read as the next response: check the next one."""
+    create(redis_client, "hat", 1)
+    with Conn(server.port) as conn:
+        conn.send(f"HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        head = conn.responses(1, head_only=True)[0]
+        assert int(head.headers["content-length"]) > 0
+        nxt = conn.request(get("/healthz"))
+        assert nxt.status == 200 and nxt.json() == {"status": "ok"}
+    assert redis_client.xlen(sale_store.orders_key("hat")) == 0
