@@ -58,22 +58,6 @@ class Waiter(Protocol):
         """The purchase's outcome; for WON, the order id is `<tag>-<seq>`."""
 
 
-class Stats:
-    """Counters the benchmark reads: round trips against requests."""
-
-    __slots__ = ("round_trips", "script_calls", "requests", "gate_hits", "failed_batches")
-
-    def __init__(self) -> None:
-        self.round_trips = 0
-        self.script_calls = 0
-        self.requests = 0
-        self.gate_hits = 0
-        self.failed_batches = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-
 class Batcher:
     def __init__(
         self,
@@ -101,7 +85,8 @@ class Batcher:
         # new one never mistaken for a replay.
         self._id_prefix = f"{os.getpid():x}.{os.urandom(4).hex()}."
         self._next_id = 0
-        self.stats = Stats()
+        self._failures = 0  # failed round trips since the last warning
+        self._warned_at = -1e9
 
     def sold_out(self, item: str) -> bool:
         """True while the sold-out gate answers for this item without Redis."""
@@ -109,7 +94,6 @@ class Batcher:
         if until is None:
             return False
         if time.monotonic() < until:
-            self.stats.gate_hits += 1
             return True
         del self._sold_out_until[item]
         return False
@@ -162,8 +146,7 @@ class Batcher:
         try:
             replies = await asyncio.wait_for(self._call(calls), self._timeout)
         except (TimeoutError, RedisError, OSError) as exc:
-            self.stats.failed_batches += 1
-            log.warning("batch of %d calls failed: %r", len(calls), exc)
+            self._warn(exc)
             replies = [exc] * len(calls)
         finally:
             self._in_flight.discard(asyncio.current_task())
@@ -173,9 +156,16 @@ class Batcher:
         if self._queues and not self._scheduled:
             self._send()
 
+    def _warn(self, exc: BaseException) -> None:
+        """Log failed round trips, at most once a second: a Redis outage must not flood the log."""
+        self._failures += 1
+        now = time.monotonic()
+        if now - self._warned_at >= 1.0:
+            log.warning("%d Redis round trip(s) failed, answered 503; last: %r", self._failures, exc)
+            self._failures = 0
+            self._warned_at = now
+
     async def _call(self, calls: list[tuple[str, str, Sequence[tuple[bytes, Waiter]]]]) -> list[object]:
-        self.stats.round_trips += 1
-        self.stats.script_calls += len(calls)
         replies = await self._pipeline(calls)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
@@ -183,7 +173,6 @@ class Batcher:
             # not run, so sending it again is safe (and idempotent on its batch id anyway).
             await self._redis.script_load(ADMIT_LUA)
             again = await self._pipeline([calls[i] for i in missing])
-            self.stats.round_trips += 1
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
@@ -198,9 +187,9 @@ class Batcher:
     def _answer(
         self, item: str, requests: Sequence[tuple[bytes, Waiter]], reply: object, gate_until: float
     ) -> None:
-        self.stats.requests += len(requests)
-        if not isinstance(reply, list):
-            if isinstance(reply, ResponseError):  # the script itself failed: a bug or bad data
+        if not isinstance(reply, list) or len(reply) not in (0, 4):
+            if isinstance(reply, ResponseError) or not isinstance(reply, BaseException):
+                # The script failed, or replied in a shape it never does: a bug or bad data.
                 log.error("admission call for %s failed: %r", item, reply)
             for _, waiter in requests:
                 waiter.finish(UNAVAILABLE, b"", 0)
