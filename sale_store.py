@@ -4,13 +4,18 @@ One sale (an "item") lives in two keys that share the Redis Cluster hash tag `{i
 so every script call touches one slot:
 
   seckill:{item}          hash: stock, sold, presold, seq, tag, created
-  seckill:{item}:orders   stream: one entry per win (order, seq, user, batch, ts)
+  seckill:{item}:orders   stream: one entry per batch with wins (see ORDER_FIELDS)
 
 `stock` is the number of units for sale, `sold` how many are gone, `presold` the part
-of `sold` that was sold before this server (`create --sold K`; those have no stream
-entry), so `sold - presold == XLEN orders` always. `seq` numbers the units handed out
-and never goes back; an order id is `<tag>-<seq>`, where `tag` is fixed when the sale
-is created, so ids stay unique even when a sale is deleted and created again.
+of `sold` that was sold before this server (`create --sold K`; those have no orders).
+`seq` numbers the units handed out and never goes back; an order id is `<tag>-<seq>`,
+where `tag` is fixed when the sale is created, so ids stay unique even when a sale is
+deleted and created again. `sold - presold` == the orders in the stream, always.
+
+One stream entry per batch, listing its wins, rather than one per win: measured on the
+admission path at 100 connections it cut the script's time in Redis from ~110 to ~30 us
+per call and raised throughput by 13-20% (README, "Benchmark"). `orders_in_entry()`
+expands an entry into its orders.
 
 The request path never creates a sale: a missing hash is an unknown item (404), so a
 Redis that lost its data fails closed instead of selling again (the seed's SETNX
@@ -20,6 +25,7 @@ re-seeded the counter and oversold).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
@@ -51,10 +57,27 @@ def valid_item(item: str) -> bool:
     return ITEM_RE.fullmatch(item) is not None
 
 
+# An orders entry: units first .. first+count-1 of the sale tagged `tag`, won by `users`
+# (newline-separated, in the same order; "" = anonymous), in batch `batch`, at `ts`
+# (Redis server time, ms). User ids are printable, so they never contain a newline.
+ORDER_FIELDS = ("first", "count", "tag", "users", "batch", "ts")
+
+
+def orders_in_entry(fields: Mapping[bytes, bytes]) -> list[dict[str, str | int]]:
+    """The orders one stream entry records, as {order, seq, user, batch, ts}."""
+    first, count, tag = int(fields[b"first"]), int(fields[b"count"]), fields[b"tag"].decode()
+    users = fields[b"users"].decode().split("\n")
+    batch, ts = fields[b"batch"].decode(), int(fields[b"ts"])
+    return [
+        {"order": f"{tag}-{first + i}", "seq": first + i, "user": users[i], "batch": batch, "ts": ts}
+        for i in range(count)
+    ]
+
+
 # Admission for one batch of one item, atomically.
 # KEYS: sale hash, orders stream, batch result key.
 # ARGV: batch id, then the user of each request in arrival order ('' = anonymous).
-# Grants min(n, remaining) requests in order and appends one stream entry per win.
+# Grants min(n, remaining) requests in order and appends one stream entry listing the wins.
 # Reply: {} for an unknown item, else {granted, remaining after, first seq, tag}.
 # The reply is stored under the batch id in the same atomic call, and a call whose batch
 # id is already stored returns that reply and changes nothing: a command that redis-py
@@ -71,12 +94,11 @@ local granted = math.max(0, math.min(n, remaining))
 if granted > 0 then
   local now = redis.call('TIME')
   local ts = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
-  local batch = ARGV[1]
-  for i = 1, granted do
-    local unit = string.format('%d', seq + i)
-    redis.call('XADD', KEYS[2], '*', 'order', sale[4] .. '-' .. unit, 'seq', unit,
-               'user', ARGV[i + 1], 'batch', batch, 'ts', ts)
-  end
+  local users = {}
+  for i = 1, granted do users[i] = ARGV[i + 1] end
+  redis.call('XADD', KEYS[2], '*', 'first', string.format('%d', seq + 1),
+             'count', granted, 'tag', sale[4], 'users', table.concat(users, '\\n'),
+             'batch', ARGV[1], 'ts', ts)
   redis.call('HINCRBY', KEYS[1], 'sold', granted)
   redis.call('HINCRBY', KEYS[1], 'seq', granted)
 end
@@ -125,20 +147,17 @@ async def create_sale(redis: Redis, item: str, stock: int, sold: int = 0) -> boo
 
 
 async def sale_status(redis: Redis, item: str) -> dict[str, Any] | None:
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hmget(sale_key(item), "stock", "sold", "presold")
-        pipe.xlen(orders_key(item))
-        (stock, sold, presold), orders = await pipe.execute()
-    if stock is None:
+    fields = await redis.hmget(sale_key(item), "stock", "sold", "presold", "seq")
+    if fields[0] is None:
         return None
-    stock, sold = int(stock), int(sold)
+    stock, sold, presold, seq = (int(v) for v in fields)  # type: ignore[arg-type]
     return {
         "item": item,
         "stock": stock,
         "sold": sold,
         "remaining": stock - sold,
-        "presold": int(presold),
-        "orders": orders,
+        "presold": presold,
+        "orders": seq - presold,  # recorded in the stream
     }
 
 

@@ -23,6 +23,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import sale_store  # noqa: E402
 from redis_runner import EmbeddedRedis, free_port  # noqa: E402
 
 IN_CI = os.environ.get("CI") == "true"
@@ -40,6 +41,15 @@ def require_tool(name: str) -> str:
 
 
 _DEBIAN = {"ab": "apache2-utils", "wrk": "wrk", "nginx": "nginx"}
+
+
+def stream_orders(client: redis.Redis, item: str) -> list[dict[str, str | int]]:
+    """Every order the item's stream records, oldest first."""
+    return [
+        order
+        for _, fields in client.xrange(sale_store.orders_key(item))
+        for order in sale_store.orders_in_entry(fields)
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 import sale_store
+from conftest import stream_orders
 from http_client import Conn, fetch, get
 
 
@@ -33,7 +34,7 @@ def test_purchase_answers_won_then_sold_out(server, redis_client: redis.Redis) -
     assert (first.status, second.status, third.status) == (200, 200, 409)
     assert first.json()["result"] == "won" and first.json()["item"] == "hat"
     assert third.json() == {"result": "sold_out", "item": "hat"}
-    orders = {o["order"]: o for o in _orders(redis_client, "hat")}
+    orders = {o["order"]: o for o in stream_orders(redis_client, "hat")}
     assert set(orders) == {first.json()["order"], second.json()["order"]}
     assert orders[first.json()["order"]]["user"] == "alice"
     assert orders[second.json()["order"]]["user"] == "bob"
@@ -69,7 +70,7 @@ def test_invalid_user_is_400(server, redis_client: redis.Redis) -> None:
                  {"Content-Type": "application/json"}).status == 400
     assert fetch(server.port, "POST", "/seckill/hat", b"<user/>",
                  {"Content-Type": "text/xml"}).status == 415
-    assert redis_client.xlen(sale_store.orders_key("hat")) == 0
+    assert len(stream_orders(redis_client, "hat")) == 0
 
 
 def test_limit_is_the_demo_item(start_server, redis_client: redis.Redis) -> None:
@@ -192,7 +193,7 @@ def test_pipelined_close_stops_reading(server, redis_client: redis.Redis) -> Non
         answers = conn.responses(2)
         assert [r.status for r in answers] == [200, 200]
         assert conn.closed_by_server()
-    assert redis_client.xlen(sale_store.orders_key("hat")) == 1
+    assert len(stream_orders(redis_client, "hat")) == 1
 
 
 BIG = 70 * 1024
@@ -254,13 +255,6 @@ def test_stalled_request_head_gets_408(start_server, redis_client: redis.Redis) 
         assert conn.closed_by_server()
 
 
-def _orders(redis_client: redis.Redis, item: str) -> list[dict[str, str]]:
-    return [
-        {k.decode(): v.decode() for k, v in fields.items()}
-        for _, fields in redis_client.xrange(sale_store.orders_key(item))
-    ]
-
-
 def test_many_pipelined_requests_are_all_answered(server, redis_client: redis.Redis) -> None:
     """More pipelined requests than a connection may have pending: reading pauses and
     resumes, every request is answered once, in order."""
@@ -292,4 +286,4 @@ def test_head_answers_carry_no_body(server, redis_client: redis.Redis, path: str
         assert int(head.headers["content-length"]) > 0
         nxt = conn.request(get("/healthz"))
         assert nxt.status == 200 and nxt.json() == {"status": "ok"}
-    assert redis_client.xlen(sale_store.orders_key("hat")) == 0
+    assert len(stream_orders(redis_client, "hat")) == 0

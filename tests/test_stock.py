@@ -12,7 +12,7 @@ import pytest
 import redis
 
 import sale_store
-from conftest import require_tool
+from conftest import require_tool, stream_orders
 from http_client import Conn, fetch, get, hammer
 
 
@@ -37,16 +37,19 @@ def test_exactly_stock_winners_under_concurrency(start_server, redis_client: red
     assert len(set(order_ids)) == 1000
     assert sorted(w["seq"] for w in won) == list(range(1, 1001))
 
-    stream = redis_client.xrange(sale_store.orders_key("phone"))
+    stream = stream_orders(redis_client, "phone")
     assert len(stream) == 1000
-    streamed = {f[b"order"].decode(): f[b"user"].decode() for _, f in stream}
+    streamed = {o["order"]: o["user"] for o in stream}
     assert set(streamed) == set(order_ids)
+    assert sorted(o["seq"] for o in stream) == list(range(1, 1001))
     assert len(set(streamed.values())) == 1000  # distinct users, each won once
+    by_order = {w["order"]: w for w in won}
+    assert all(by_order[o["order"]]["seq"] == o["seq"] for o in stream)
     assert fetch(server.port, "GET", "/stock/phone").json() == {
         "item": "phone", "stock": 1000, "sold": 1000, "remaining": 0,
     }
     # Both workers took part (SO_REUSEPORT spread the connections).
-    batches = {f[b"batch"].decode().split(".")[0] for _, f in stream}
+    batches = {str(o["batch"]).split(".")[0] for o in stream}
     assert len(batches) == 2
 
 
@@ -61,7 +64,7 @@ def test_seed_demo_with_ab(start_server, redis_client: redis.Redis) -> None:
     assert re.search(r"^Complete requests:\s+200$", out, re.M), out
     assert re.search(r"^Failed requests:\s+\d+", out, re.M)  # lengths differ: won vs sold_out
     assert re.search(r"^Non-2xx responses:\s+195$", out, re.M), out
-    assert redis_client.xlen(sale_store.orders_key("limit")) == 5
+    assert len(stream_orders(redis_client, "limit")) == 5
     assert fetch(server.port, "GET", "/stock/limit").json()["remaining"] == 0
 
 
@@ -93,11 +96,11 @@ def test_admission_grants_in_order_and_replay_changes_nothing(redis_client: redi
     reply = _admit(redis_client, "hat", "b1", ["a", "b", "c", "d"])
     granted, remaining, first_seq = (int(x) for x in reply[:3])
     assert (granted, remaining, first_seq) == (2, 0, 2)
-    stream = redis_client.xrange(sale_store.orders_key("hat"))
-    assert [f[b"user"] for _, f in stream] == [b"a", b"b"]  # arrival order wins
+    stream = stream_orders(redis_client, "hat")
+    assert [(o["user"], o["seq"]) for o in stream] == [("a", 2), ("b", 3)]  # arrival order wins
     # The same call again, as redis-py would resend it after a lost reply.
     assert _admit(redis_client, "hat", "b1", ["a", "b", "c", "d"]) == reply
-    assert redis_client.xlen(sale_store.orders_key("hat")) == 2
+    assert len(stream_orders(redis_client, "hat")) == 2
     assert redis_client.hget(sale_store.sale_key("hat"), "sold") == b"3"
     # A new batch sees the item sold out.
     assert [int(x) for x in _admit(redis_client, "hat", "b2", ["e"])[:3]] == [0, 0, 4]
@@ -121,7 +124,7 @@ def test_sold_out_gate_sees_a_restock(start_server, redis_client: redis.Redis) -
             statuses.append(conn.request(get("/seckill/hat")).status)
             assert len(statuses) < 100_000
         assert set(statuses[:-1]) <= {409}
-    assert redis_client.xlen(sale_store.orders_key("hat")) == 2
+    assert len(stream_orders(redis_client, "hat")) == 2
 
 
 def test_waiting_queue_is_bounded_while_redis_stalls(start_server, tmp_path) -> None:
@@ -161,7 +164,7 @@ def test_waiting_queue_is_bounded_while_redis_stalls(start_server, tmp_path) -> 
         statuses = [conn.responses(1)[0].status for conn in conns if conn not in answered]
         assert 5 <= statuses.count(200) <= 10
         assert set(statuses) <= {200, 503}
-        assert r.xlen(sale_store.orders_key("hat")) == statuses.count(200)
+        assert len(stream_orders(r, "hat")) == statuses.count(200)
         r.close()
     finally:
         for conn in conns:
@@ -184,3 +187,15 @@ def test_redis_over_a_unix_socket(start_server, tmp_path) -> None:
         assert fetch(server.port, "GET", "/seckill/hat").status == 409
     finally:
         own.stop()
+
+
+def test_orders_entry_round_trips_users(redis_client: redis.Redis) -> None:
+    create(redis_client, "hat", 10)
+    users = ["", "alice", "a b,c;d", "ü-用户", ""]
+    assert int(_admit(redis_client, "hat", "b1", users)[0]) == 5
+    orders = stream_orders(redis_client, "hat")
+    assert [o["user"] for o in orders] == users
+    assert [o["seq"] for o in orders] == [1, 2, 3, 4, 5]
+    tag = redis_client.hget(sale_store.sale_key("hat"), "tag").decode()
+    assert [o["order"] for o in orders] == [f"{tag}-{i}" for i in range(1, 6)]
+    assert len({o["batch"] for o in orders}) == 1
