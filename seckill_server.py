@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -57,6 +58,8 @@ EXIT_REDIS = 3
 EXIT_BIND = 4
 
 MAX_USER = 128  # characters in a user id: room for an email or a UUID, bounds the stream
+# `user=<id>` alone, with no byte that query decoding would change (%, +, &, =, #).
+_PLAIN_USER_QUERY = re.compile(rb"user=[A-Za-z0-9._~:@!$'()*,;/?-]{0,%d}" % MAX_USER)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +235,8 @@ class SeckillApp:
 
 def _user(request: Request) -> bytes:
     """The buyer's id from `?user=` or a form/JSON body (the body wins); b"" when anonymous."""
+    if not request.body and _PLAIN_USER_QUERY.fullmatch(request.query):
+        return request.query[5:]  # what parse_qsl would give, without its cost
     try:
         user = _form_user(request.query)
         if request.body:

@@ -9,10 +9,13 @@ import socket
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sale_store
 from conftest import stream_orders
 from http_client import Conn, fetch, get
+from protocol import HttpError
 
 
 @pytest.fixture
@@ -287,3 +290,27 @@ def test_head_answers_carry_no_body(server, redis_client: redis.Redis, path: str
         nxt = conn.request(get("/healthz"))
         assert nxt.status == 200 and nxt.json() == {"status": "ok"}
     assert len(stream_orders(redis_client, "hat")) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=140))
+def test_user_from_query_fast_path_agrees_with_parse_qsl(value: str) -> None:
+    """`?user=<id>` skips parse_qsl when nothing in it needs decoding: same answer either way."""
+    from urllib.parse import parse_qsl
+
+    from protocol import Request
+    from seckill_server import _user
+
+    query = b"user=" + value.encode()
+    request = Request(b"GET", b"/", b"/", query, False, True, (), b"")
+    try:
+        got: bytes | int = _user(request)
+    except HttpError as exc:
+        got = exc.status
+    try:
+        pairs = parse_qsl(query.decode("ascii"), errors="strict")
+        user = next((v for k, v in reversed(pairs) if k == "user"), "")
+        expected: bytes | int = user.encode() if len(user) <= 128 and user.isprintable() else 400
+    except ValueError:
+        expected = 400
+    assert got == expected
