@@ -129,57 +129,54 @@ class RequestParser:
         if self._closed:
             raise HttpError(400, "parser used after an error")
         try:
-            return self._next()
+            request = self._head
+            if request is None:
+                buf = self._buf
+                if not buf:
+                    return None
+                end = buf.find(b"\r\n\r\n", self._scan_from)
+                if end < 0:
+                    self._scan_from = max(0, len(buf) - 3)
+                    error = _doomed_head(buf, len(buf))
+                    if error is not None:
+                        raise error
+                    return None
+                head = buf[:end]
+                request = _BODYLESS.get(head)
+                if request is not None:  # seen before: the same request, already parsed
+                    self._buf = buf[end + 4 :]
+                    self._scan_from = 0
+                    return request
+                try:
+                    if end + 4 > MAX_HEAD:
+                        raise HttpError(431, "request head too large")
+                    request, length = _parse_head(head)
+                except HttpError as exc:
+                    # Fed in smaller pieces, a prefix of this head would have met the early
+                    # checks first: answer as they would, whatever the split.
+                    raise _doomed_head(buf, end + 3) or exc from None
+                rest = buf[end + 4 :]
+                if not length:
+                    if len(_BODYLESS) >= MAX_CACHED_HEADS:
+                        _BODYLESS.clear()
+                    _BODYLESS[head] = request
+                    self._buf = rest
+                    self._scan_from = 0
+                    return request
+                self._head = request
+                self._body_left = length
+                self._buf = rest
+            buf = self._buf
+            if len(buf) < self._body_left:
+                return None
+            request.body = buf[: self._body_left]
+            self._buf = buf[self._body_left :]
+            self._head = None
+            self._scan_from = 0
+            return request
         except HttpError:
             self._closed = True
             raise
-
-    def _next(self) -> Request | None:
-        request = self._head
-        if request is None:
-            buf = self._buf
-            if not buf:
-                return None
-            end = buf.find(b"\r\n\r\n", self._scan_from)
-            if end < 0:
-                self._scan_from = max(0, len(buf) - 3)
-                error = _doomed_head(buf, len(buf))
-                if error is not None:
-                    raise error
-                return None
-            head = buf[:end]
-            request = _BODYLESS.get(head)
-            if request is not None:  # seen before: the same request, already parsed
-                self._buf = buf[end + 4 :]
-                self._scan_from = 0
-                return request
-            try:
-                if end + 4 > MAX_HEAD:
-                    raise HttpError(431, "request head too large")
-                request, length = _parse_head(head)
-            except HttpError as exc:
-                # Fed in smaller pieces, a prefix of this head would have met the early
-                # checks first: answer as they would, whatever the split.
-                raise _doomed_head(buf, end + 3) or exc from None
-            rest = buf[end + 4 :]
-            if not length:
-                if len(_BODYLESS) >= MAX_CACHED_HEADS:
-                    _BODYLESS.clear()
-                _BODYLESS[head] = request
-                self._buf = rest
-                self._scan_from = 0
-                return request
-            self._head = request
-            self._body_left = length
-            self._buf = rest
-        buf = self._buf
-        if len(buf) < self._body_left:
-            return None
-        request.body = buf[: self._body_left]
-        self._buf = buf[self._body_left :]
-        self._head = None
-        self._scan_from = 0
-        return request
 
 
 def _doomed_head(buf: bytes, size: int) -> HttpError | None:
