@@ -272,7 +272,8 @@ def _form_user(form: bytes) -> str:
 
 def make_redis(url: str, timeout: float) -> Redis:
     return Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0,
+        lib_name=None, lib_version=None,  # no CLIENT SETINFO: Redis < 7.2 refuses it
     )
 
 

@@ -1,0 +1,336 @@
+"""What a benchmark run found, and its rendering as Markdown.
+
+run.py fills a `Findings`; `render()` turns it into bench/RESULTS.md: machine, the table
+(req/s, p50/p99, ratios to nginx and to the seed measured with the same tool), Redis
+round trips, the exactness checks, the targets, the profile, the exact commands.
+`pinning_report()` renders the pinning experiment's rounds into bench/PINNING.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Sequence
+
+from loadgen import LoadResult
+from pyspy import FunctionShare
+
+CONTENDERS = {
+    "a": "(a) seckill, admission",
+    "b": "(b) seckill, sold out",
+    "c": "(c) seed: Flask, gunicorn -k gevent -w 4",
+    "d": "(d) nginx `return 200`",
+}
+LOADS = {"wrk": "wrk, keep-alive, distinct users", "wrk1": "wrk, keep-alive, one URL",
+         "ab": "ab, no keep-alive"}
+DISTURBED = 0.2  # CPUs used by other processes during a run above which we say so
+
+
+@dataclasses.dataclass
+class Row:
+    contender: str  # a key of CONTENDERS
+    tool: str  # a key of LOADS
+    result: LoadResult | None = None
+    skipped: str = ""
+    redis_rt: float | None = None  # evalsha calls per answered request, seckill only
+    all_rps: list[float] = dataclasses.field(default_factory=list)  # every run; `result` is the median
+
+    @property
+    def rps(self) -> float | None:
+        return self.result.rps if self.result else None
+
+
+@dataclasses.dataclass
+class Exactness:
+    tool: str
+    stock: int
+    sold: int
+    orders: int
+    client: str  # the winners as the load tool counted them, and how
+    others: str  # what the other responses were
+    passed: bool
+
+
+@dataclasses.dataclass
+class Profile:
+    path: str
+    samples: int
+    rps: float
+    native: bool
+    top: list[FunctionShare]  # by self time
+    own: list[FunctionShare]  # the server's own functions, by total time
+
+
+@dataclasses.dataclass
+class Findings:
+    date: str
+    machine: dict[str, str]
+    settings: dict[str, str]
+    pinning: str
+    pinning_why: str
+    rows: list[Row] = dataclasses.field(default_factory=list)
+    exactness: list[Exactness] = dataclasses.field(default_factory=list)
+    profile: Profile | None = None
+    commands: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def row(self, contender: str, tool: str) -> Row | None:
+        for row in self.rows:
+            if row.contender == contender and row.tool == tool:
+                return row
+        return None
+
+    def ratio(self, contender: str, tool: str, baseline: str) -> float | None:
+        row, base = self.row(contender, tool), self.row(baseline, tool)
+        if row is None or base is None or not row.rps or not base.rps:
+            return None
+        return row.rps / base.rps
+
+
+def _num(value: float | None, digits: int = 0, suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def _ratio(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}×" if value < 10 else f"{value:.1f}×"
+
+
+def _busy(shares: Sequence[float] | None) -> str:
+    return " / ".join(f"{share:.0%}" for share in shares) if shares else "–"
+
+
+def _range(values: Sequence[float]) -> str:
+    if len(values) < 2:
+        return str(len(values))
+    return f"{len(values)}: {min(values) / 1000:,.1f}k–{max(values) / 1000:,.1f}k"
+
+
+def results_table(findings: Findings) -> str:
+    lines = [
+        "| contender | load | req/s | p50 ms | p99 ms | × nginx | × seed | non-2xx | errors "
+        "| Redis round trips/req | other CPU | CPUs busy | runs: req/s range |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in findings.rows:
+        name, load = CONTENDERS[row.contender], LOADS[row.tool]
+        if row.result is None:
+            lines.append(f"| {name} | {load} | skipped: {row.skipped} | | | | | | | | | | |")
+            continue
+        r = row.result
+        lines.append(
+            f"| {name} | {load} | {_num(r.rps)} | {_num(r.p50_ms, 2)} | {_num(r.p99_ms, 2)} "
+            f"| {_ratio(findings.ratio(row.contender, row.tool, 'd'))} "
+            f"| {_ratio(findings.ratio(row.contender, row.tool, 'c'))} "
+            f"| {r.non2xx:,} | {r.errors:,} | {_num(row.redis_rt, 4)} | {_num(r.foreign_cpu, 2)} "
+            f"| {_busy(r.cpu_busy)} | {_range(row.all_rps)} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(findings: Findings) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, reached?) for the four targets; None when not measured."""
+    a_rt = findings.row("a", "wrk")
+    rt = a_rt.redis_rt if a_rt else None
+    checks: list[tuple[str, float | None, float, bool]] = []
+    for tool, how in (("wrk1", "one URL"), ("wrk", "distinct users")):
+        checks += [
+            (f"admission ≥ 0.5× nginx (wrk, {how})", findings.ratio("a", tool, "d"), 0.5, True),
+            (f"sold-out ≥ 0.8× nginx (wrk, {how})", findings.ratio("b", tool, "d"), 0.8, True),
+            (f"admission ≥ 30× the seed (wrk, {how})", findings.ratio("a", tool, "c"), 30.0, True),
+        ]
+    checks += [
+        ("≤ 0.05 Redis round trips per request at "
+         f"{findings.settings.get('connections', '?')} connections", rt, 0.05, False),
+    ]
+    out: list[tuple[str, str, bool | None]] = []
+    for label, value, bound, at_least in checks:
+        if value is None:
+            out.append((label, "not measured", None))
+            continue
+        shown = f"{value:.4f}" if not at_least else _ratio(value)
+        out.append((label, shown, value >= bound if at_least else value <= bound))
+    return out
+
+
+def targets_table(findings: Findings) -> str:
+    lines = ["| target | measured | reached |", "|---|---:|---|"]
+    for label, shown, reached in targets(findings):
+        mark = "–" if reached is None else ("**yes**" if reached else "no")
+        lines.append(f"| {label} | {shown} | {mark} |")
+    return "\n".join(lines)
+
+
+def exactness_table(checks: Sequence[Exactness]) -> str:
+    lines = [
+        "| load | stock | sold (status) | orders (stream) | winners seen by the client | other answers "
+        "| result |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for c in checks:
+        lines.append(
+            f"| {LOADS[c.tool]} | {c.stock:,} | {c.sold:,} | {c.orders:,} | {c.client} "
+            f"| {c.others} | {'**pass**' if c.passed else '**FAIL**'} |"
+        )
+    return "\n".join(lines)
+
+
+def profile_table(shares: Sequence[FunctionShare]) -> str:
+    lines = ["| function | where | self % | total % |", "|---|---|---:|---:|"]
+    for share in shares:
+        lines.append(f"| `{share.name}` | {share.where} | {share.self_pct:.1f} | {share.total_pct:.1f} |")
+    return "\n".join(lines)
+
+
+def render(findings: Findings) -> str:
+    machine = "\n".join(f"- {k}: {v}" for k, v in findings.machine.items())
+    settings = "\n".join(f"- {k}: {v}" for k, v in findings.settings.items())
+    commands = "\n".join(f"# {label}\n{cmd}" for label, cmd in findings.commands)
+    parts = [
+        "# seckill benchmark results",
+        f"Generated by `bench/run.py` on {findings.date}. Re-run with `make bench` "
+        "(`.venv/bin/python bench/run.py --help` for the knobs).",
+        "## Machine\n\n" + machine,
+        "## Settings\n\n" + settings,
+        "## Pinning\n\n" + f"Scheme **{findings.pinning}**. {findings.pinning_why}",
+        "## Results\n\n" + results_table(findings) + "\n\n"
+        "Each row is the run with the median req/s of its runs (the last column gives how many "
+        "and their range); its latencies, counts and round trips are that run's. "
+        "× nginx and × seed compare req/s with the same load tool. non-2xx is expected to be "
+        "every request for (b) (409 sold out) and 0 elsewhere. errors: wrk's socket errors "
+        "(connect, read, write, timeout); ab's failed requests less the \"Length\" ones (the "
+        "won bodies differ in length, which ab counts as failures). Redis round trips/req: "
+        "`cmdstat_evalsha` calls during the run (INFO commandstats, before and after) divided "
+        "by the responses the client received. other CPU: CPUs' worth of time that processes "
+        "not started by this benchmark used during the run (the machine is shared); above "
+        "about 0.2 the row was disturbed. CPUs busy: how busy CPU 0 / CPU 1 were over the "
+        "run, interrupts included; with the split pinning (below) CPU 0 is the contender's and "
+        "CPU 1 the load generator's and Redis's, so a saturated CPU 1 beside a CPU 0 with time "
+        "to spare means the client, not the contender, set the pace.",
+        "## Targets\n\n" + targets_table(findings),
+        "## Exactness (bounded stock)\n\n" + (
+            exactness_table(findings.exactness) if findings.exactness else "Not run."
+        ) + "\n\nPass: sold == orders == stock in Redis (`seckill_server.py status`), every count "
+        "of winners the client has equals stock, and no client errors. wrk counts only the "
+        "answers it read before its time was up; the winners all come in the first "
+        "milliseconds, so that does not blur the count.",
+    ]
+    if findings.profile:
+        p = findings.profile
+        parts.append(
+            "## Profile of (a)\n\n"
+            f"py-spy, {p.samples} samples on the server during a separate profiled (a) run at "
+            f"{p.rps:,.0f} req/s (sampling slows it); `{p.path}` opens in "
+            "https://www.speedscope.app. Self % is time in the function itself, total % "
+            "includes what it calls. "
+            + ("With `--native`: C frames count too, but py-spy stops the process per sample "
+               "and the samples pile up on system calls (`read`, `write`, `getpid`, "
+               "`epoll_pwait`); read it for names, not weights." if p.native else
+               "Sampled with `--nonblocking` (stopping the process per sample skews the profile "
+               "towards system calls; see bench/pyspy.py). Python frames only: the uvloop row "
+               "is C code under the loop (socket reads, epoll), and a function that writes to "
+               "a transport carries the `write` system call in its self time.")
+            + "\n\nBy self time:\n\n" + profile_table(p.top)
+            + "\n\nThe server's own functions, by total time:\n\n" + profile_table(p.own)
+        )
+    parts.append("## Notes\n\n" + ("\n".join(f"- {n}" for n in findings.notes) or "- none"))
+    parts.append("## Commands\n\n```sh\n" + commands + "\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+# --- The pinning experiment -------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    rps: float
+    p99_ms: float
+    other_cpu: float  # CPUs other processes used meanwhile
+
+    @property
+    def disturbed(self) -> bool:
+        return self.other_cpu > DISTURBED
+
+
+Round = dict[str, Sample]  # contender key -> its sample in one round of one scheme
+PIN_CONTENDERS = ("a", "c", "d")
+
+
+def _cv(values: list[float]) -> float | None:
+    """Coefficient of variation in %, None with fewer than two values."""
+    if len(values) < 2:
+        return None
+    return statistics.stdev(values) / statistics.fmean(values) * 100
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}%"
+
+
+def _value(value: float, ratio: bool) -> str:
+    return f"{value:.2f}×" if ratio else f"{value:,.0f} req/s"
+
+
+def _series(runs: list[Round], key: str) -> tuple[list[float], list[float]]:
+    """(every value, the undisturbed values) of a contender's req/s or of a ratio "a/d"."""
+    every, calm = [], []
+    for run in runs:
+        parts = [run.get(k) for k in key.split("/")]
+        if any(p is None for p in parts):
+            continue
+        samples = [p for p in parts if p is not None]
+        value = samples[0].rps / samples[1].rps if len(samples) == 2 else samples[0].rps
+        every.append(value)
+        if not any(p.disturbed for p in samples):
+            calm.append(value)
+    return every, calm
+
+
+def pinning_report(rounds: dict[str, list[Round]], *, method: str, schemes: dict[str, str],
+                   default: str) -> str:
+    """bench/PINNING.md: every scheme's req/s, spread and tail over the rounds."""
+    lines = [
+        "# CPU pinning experiment",
+        "",
+        method,
+        "",
+        "Schemes: " + "; ".join(f"**{name}**: {text}" for name, text in schemes.items()) + ".",
+        "",
+        "A run is *disturbed* when processes not started by the benchmark (the machine is "
+        f"shared) used more than {DISTURBED} CPUs during it. CV is the coefficient of variation "
+        "(stdev / mean) over the rounds: lower is steadier.",
+        "",
+        "| scheme | what | mean | min | max | CV, all runs | CV, undisturbed | undisturbed runs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    summary = []
+    for name, runs in rounds.items():
+        calm_cvs = []
+        for key in (*PIN_CONTENDERS, "a/d", "a/c"):
+            every, calm = _series(runs, key)
+            if not every:
+                continue
+            ratio = "/" in key
+            label = f"({key[0]}) ÷ ({key[2]})" if ratio else f"({key})"
+            mean, low, high = (_value(v, ratio) for v in (statistics.fmean(every), min(every), max(every)))
+            lines.append(
+                f"| {name} | {label} | {mean} | {low} | {high} | {_pct(_cv(every))} "
+                f"| {_pct(_cv(calm))} | {len(calm)} of {len(every)} |"
+            )
+            if not ratio and _cv(calm) is not None:
+                calm_cvs.append(_cv(calm) or 0.0)
+        p99 = statistics.median(r["a"].p99_ms for r in runs if "a" in r) if runs else 0.0
+        worst = max((r["a"].p99_ms for r in runs if "a" in r), default=0.0)
+        summary.append((name, statistics.fmean(calm_cvs) if calm_cvs else None, p99, worst))
+    lines += ["", "| scheme | mean CV of (a), (c), (d), undisturbed runs | (a) p99 ms, median "
+              "| (a) p99 ms, worst run |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {_pct(cv)} | {p99:.2f} | {worst:.2f} |" for name, cv, p99, worst in summary]
+    lines += ["", f"The benchmark's default is **{default}** (`--pin`); bench/RESULTS.md "
+              "says why.", "", "Every run (req/s, other CPU):", ""]
+    for name, runs in rounds.items():
+        for key in PIN_CONTENDERS:
+            values = [f"{r[key].rps:,.0f} ({r[key].other_cpu:.2f})" for r in runs if key in r]
+            lines.append(f"- {name} ({key}): " + ", ".join(values))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,229 @@
+"""The processes a benchmark run starts, and how it makes sure they stop.
+
+Each contender is a context manager that starts its process(es), waits until the port
+answers, yields where to send load, and stops everything on the way out, whether the
+block ended, failed or was interrupted by Ctrl-C.
+
+Every child runs in its own session, so a Ctrl-C in the terminal reaches only run.py,
+which then stops the children itself, in order. `Service.stop()` sends SIGTERM to the
+child it started, waits, and SIGKILLs that child's process group (it is the group
+leader: gunicorn's and nginx's workers are in it) if anything lingers.
+
+CPU pinning is `taskset -c CPUS` in front of the command line, inherited by every worker
+a contender forks; Redis, which `redis_runner.EmbeddedRedis` starts for us, is pinned
+after start with sched_setaffinity on each of its threads.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(ROOT))  # redis_runner lives at the repository root
+
+from redis_runner import EmbeddedRedis, free_port  # noqa: E402
+
+__all__ = ["EmbeddedRedis", "free_port"]
+
+VENV_BIN = Path(sys.executable).parent
+SERVER_SCRIPT = ROOT / "seckill_server.py"
+NGINX_TEMPLATE = BENCH_DIR / "nginx.conf.template"
+NGINX_BODY = '{"result":"won","item":"x","order":"x-1","seq":1}'  # about our 200's size
+START_TIMEOUT = 20.0  # seconds for a contender to answer after start
+STOP_TIMEOUT = 15.0  # seconds for a graceful stop before SIGKILL
+
+
+class StartError(Exception):
+    """A contender did not come up; the message says why (with its log's tail)."""
+
+
+def taskset(argv: Sequence[str], cpus: str | None) -> list[str]:
+    """argv pinned to `cpus` (a taskset list such as "0" or "0,1"); unchanged if None."""
+    return ["taskset", "-c", cpus, *argv] if cpus else list(argv)
+
+
+def command_line(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
+    prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
+    return prefix + shlex.join(str(a) for a in argv)
+
+
+def pin_threads(pid: int, cpus: str | None) -> None:
+    """Pin every thread of a running process (what `taskset -a -p -c CPUS PID` does)."""
+    if not cpus:
+        return
+    mask = {int(c) for c in cpus.split(",")}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), mask)
+
+
+class Service:
+    """One child process in its own session, its output in a log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, *,
+                 env: dict[str, str] | None = None, cwd: Path | None = None,
+                 stop_signal: int = signal.SIGTERM) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.extra_env = env or {}
+        self.cwd = cwd
+        self.stop_signal = stop_signal
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def command(self) -> str:
+        return command_line(self.argv, self.extra_env)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> Service:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.extra_env}, cwd=self.cwd, start_new_session=True,
+            )
+        return self
+
+    def exited(self) -> bool:
+        return self.process is None or self.process.poll() is not None
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            if process.poll() is None:
+                process.send_signal(self.stop_signal)
+                process.wait(STOP_TIMEOUT)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            pass
+        finally:
+            try:  # the group is ours: it is the session this child leads
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+
+
+@contextmanager
+def running(service: Service) -> Iterator[Service]:
+    try:
+        yield service.start()
+    finally:
+        service.stop()
+
+
+def wait_listening(service: Service, port: int, timeout: float = START_TIMEOUT) -> None:
+    """Block until something accepts on 127.0.0.1:port, or raise StartError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.exited():
+            raise StartError(f"{service.name} exited at start: {service.log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)  # start-up only: nothing else to wait on
+    raise StartError(f"{service.name} did not listen on port {port} within {timeout:g}s: "
+                     f"{service.log_tail()}")
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+# --- The contenders -------------------------------------------------------------------
+
+@contextmanager
+def bench_redis(data_dir: Path, cpus: str | None) -> Iterator[EmbeddedRedis]:
+    """A fresh redis-server (AOF everysec, as the server runs it) under data_dir."""
+    redis = EmbeddedRedis(data_dir, appendfsync="everysec")
+    try:
+        redis.start()
+        assert redis.process is not None
+        pin_threads(redis.process.pid, cpus)
+        yield redis
+    finally:
+        redis.stop()
+
+
+@contextmanager
+def seckill_server(redis_url: str, log_dir: Path, cpus: str | None,
+                   extra_args: Sequence[str] = ()) -> Iterator[tuple[Service, int]]:
+    """This server, one worker, no demo sale; yields the service and its port."""
+    port = free_port()
+    argv = [sys.executable, str(SERVER_SCRIPT), "--port", str(port), "--redis", redis_url,
+            "--workers", "1", "--no-demo", *extra_args]
+    service = Service("seckill", taskset(argv, cpus), log_dir / "seckill.log", cwd=ROOT)
+    with running(service):
+        wait_listening(service, port)
+        status, _ = http_get(port, "/healthz")
+        if status != 200:
+            raise StartError(f"seckill /healthz answered {status}")
+        yield service, port
+
+
+@contextmanager
+def seed_stack(redis_url: str, log_dir: Path, cpus: str | None,
+               workers: int = 4) -> Iterator[tuple[Service, int]]:
+    """The seed: bench/seed_app.py under `gunicorn -k gevent -w 4`."""
+    gunicorn = VENV_BIN / "gunicorn"
+    if not gunicorn.exists():
+        raise StartError(f"no gunicorn at {gunicorn} (pip install -e '.[bench]')")
+    port = free_port()
+    argv = [str(gunicorn), "-k", "gevent", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+            "--chdir", str(BENCH_DIR), "--no-control-socket", "--graceful-timeout", "5",
+            "seed_app:app"]
+    env = {"SEED_REDIS_URL": redis_url, "SEED_KEY": "seed:limit"}
+    service = Service("gunicorn", taskset(argv, cpus), log_dir / "gunicorn.log", env=env)
+    with running(service):
+        wait_listening(service, port)
+        status, body = http_get(port, "/limit", timeout=10.0)  # also waits for a worker
+        if status != 200:
+            raise StartError(f"seed /limit answered {status}: {body[:100]!r}")
+        yield service, port
+
+
+@contextmanager
+def nginx_ceiling(nginx: str, prefix: Path, log_dir: Path,
+                  cpus: str | None) -> Iterator[tuple[Service, int]]:
+    """nginx `return 200` from bench/nginx.conf.template, one worker, prefix in a temp dir."""
+    port = free_port()
+    prefix.mkdir(parents=True, exist_ok=True)
+    config = prefix / "nginx.conf"
+    text = NGINX_TEMPLATE.read_text()
+    for name, value in (("prefix", str(prefix)), ("port", str(port)), ("body", NGINX_BODY)):
+        text = text.replace("{{" + name + "}}", value)
+    config.write_text(text)
+    argv = [nginx, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")]
+    # SIGQUIT would wait for keep-alive clients; SIGTERM is nginx's fast shutdown.
+    service = Service("nginx", taskset(argv, cpus), log_dir / "nginx.log")
+    with running(service):
+        wait_listening(service, port)
+        yield service, port
