@@ -24,8 +24,8 @@ from responses import CLOSE, Responses, json_body
 
 log = logging.getLogger("seckill.http")
 
-# Requests answered-but-not-yet-written one connection may have queued; past it we stop
-# reading from that client (aiohttp's MAX_MSG_QUEUE_SIZE: "bounds memory a client can pin").
+# Requests one connection may have read and not yet answered; past it we stop reading
+# from that client (aiohttp's MAX_MSG_QUEUE_SIZE: "bounds memory a client can pin").
 MAX_PIPELINED = 32
 # Bytes we let the kernel not take before we stop reading from a slow reader.
 WRITE_HIGH_WATER = 256 * 1024
