@@ -7,8 +7,10 @@ it is ready and a single reader task takes the replies in order. Redis runs the 
 in the order they were sent (arrival order holds across batches, not only within one),
 and the server parses the next requests while Redis runs the previous batch.
 
-redis-py still does the connecting (AUTH, SELECT, TLS, unix sockets), the encoding and,
-with hiredis, the parsing; this module only decides when to write and who reads.
+redis-py still does the connecting (AUTH, SELECT, TLS, unix sockets) and, with hiredis,
+the parsing; this module only decides when to write and who reads. Commands are encoded
+by hiredis's C `pack_command` (redis-py's asyncio connection packs in Python, which took
+7% of the server's time on the admission path).
 
 On any failure (a broken socket, or a caller giving up on a reply) the connection is
 dropped and every batch still waiting fails: their outcome is unknown, and stale replies
@@ -23,6 +25,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -46,7 +49,7 @@ class OrderedPipe:
         future: asyncio.Future[list[Any]] = loop.create_future()
         async with self._send_lock:  # sends, and so Redis's replies, keep this order
             conn = await self._connection()
-            packed = conn.pack_commands(commands)
+            packed = b"".join(map(pack_command, commands))
             self._waiting.append((len(commands), future))
             try:
                 await conn.send_packed_command(packed, check_health=False)
