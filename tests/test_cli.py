@@ -166,3 +166,9 @@ def test_stalled_redis_gives_503_then_recovers(start_server, tmp_path) -> None:
         r.close()
     finally:
         own.stop()
+
+
+def test_console_script_is_installed() -> None:
+    script = os.path.join(os.path.dirname(sys.executable), "seckill-server")
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.startswith("seckill ")

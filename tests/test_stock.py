@@ -199,3 +199,25 @@ def test_orders_entry_round_trips_users(redis_client: redis.Redis) -> None:
     tag = redis_client.hget(sale_store.sale_key("hat"), "tag").decode()
     assert [o["order"] for o in orders] == [f"{tag}-{i}" for i in range(1, 6)]
     assert len({o["batch"] for o in orders}) == 1
+
+
+def test_batches_are_split_at_max_batch(start_server, redis_client: redis.Redis) -> None:
+    create(redis_client, "hat", 60)
+    server = start_server("--max-batch", "3")
+    paths = [[f"/seckill/hat?user=c{c}-{i}" for i in range(5)] for c in range(20)]
+    answers = asyncio.run(hammer(server.port, paths))
+    assert sorted(a.status for a in answers).count(200) == 60
+    entries = redis_client.xrange(sale_store.orders_key("hat"))
+    assert all(int(fields[b"count"]) <= 3 for _, fields in entries)
+    assert sum(int(fields[b"count"]) for _, fields in entries) == 60
+
+
+def test_script_cache_flushed_while_serving(start_server, redis_client: redis.Redis) -> None:
+    """NOSCRIPT (Redis restarted or SCRIPT FLUSH): the script is loaded again and the
+    purchase goes through, once."""
+    create(redis_client, "hat", 5)
+    server = start_server()
+    assert fetch(server.port, "GET", "/seckill/hat?user=a").status == 200
+    redis_client.script_flush()
+    assert fetch(server.port, "GET", "/seckill/hat?user=b").status == 200
+    assert [o["user"] for o in stream_orders(redis_client, "hat")] == ["a", "b"]
