@@ -167,7 +167,8 @@ class HttpConnection(asyncio.Protocol):
                 answer: bytes | Slot = self._app.responses.get(
                     exc.status, json_body({"error": exc.reason}), CLOSE
                 )
-                log.debug("bad request from %s: %s", self.peer, exc.reason)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("bad request from %s: %s", self.peer, exc.reason)
             else:
                 if request is None:
                     break
@@ -234,10 +235,6 @@ class HttpConnection(asyncio.Protocol):
             return "-"
         peer = self._transport.get_extra_info("peername")
         return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-
-    @property
-    def idle(self) -> bool:
-        return not self._pending and not self._parser.mid_request
 
     def expire(self, now: float, keepalive_timeout: float, header_timeout: float) -> None:
         """Close an idle connection past its keep-alive time; answer 408 to a stalled request."""
