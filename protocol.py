@@ -46,6 +46,11 @@ _MAX_LENGTH_DIGITS = 18
 _BAD_HEAD_BYTE = re.compile(rb"\x00|(?<!\r)\n")
 # absolute-form: the authority runs up to the first "/" or "?" (RFC 3986 3.2).
 _AUTHORITY = re.compile(rb"[^/?]*")
+# The common request line, origin-form HTTP/1.x, split in one match: path (no ? or #),
+# then an optional query (no #). Anything else takes the general road below.
+_ORIGIN_FORM_LINE = re.compile(
+    rb"(" + _TOKEN + rb") (/[\x21-\x22\x24-\x3e\x40-\x7e]*)(?:\?([\x21-\x22\x24-\x7e]*))? HTTP/1\.([01])"
+)
 # A framing header spelt with underscores: some proxies map it to the real one.
 _FRAMING_LOOKALIKES = frozenset({b"content_length", b"transfer_encoding"})
 
@@ -253,14 +258,21 @@ def _parse_head(head: bytes) -> tuple[Request, int]:
         line, block_bytes = head[:line_end], head[line_end + 2 :]
     if len(line) > MAX_REQUEST_LINE:
         raise HttpError(414, "request line too long")
-    match = _REQUEST_LINE.fullmatch(line)
-    if match is None:
-        # Leading empty lines (RFC 9112 2.2 lets servers skip them) are refused too:
-        # no client we serve sends them and they only widen the grammar.
-        raise HttpError(400, "malformed request line")
-    method, target, major, minor = match.groups()
-    if major != b"1" or minor not in (b"0", b"1"):
-        raise HttpError(505, "HTTP version not supported")
+    origin = _ORIGIN_FORM_LINE.fullmatch(line)
+    if origin is not None:
+        method, path, query, minor = origin.groups()
+        target = line[len(method) + 1 : -9]
+        if query is None:
+            query = b""
+    else:
+        match = _REQUEST_LINE.fullmatch(line)
+        if match is None:
+            # Leading empty lines (RFC 9112 2.2 lets servers skip them) are refused too:
+            # no client we serve sends them and they only widen the grammar.
+            raise HttpError(400, "malformed request line")
+        method, target, major, minor = match.groups()
+        if major != b"1" or minor not in (b"0", b"1"):
+            raise HttpError(505, "HTTP version not supported")
     http10 = minor == b"0"
 
     block = _HEADER_BLOCKS.get(block_bytes)
@@ -283,9 +295,11 @@ def _parse_head(head: bytes) -> tuple[Request, int]:
     else:
         keep_alive = b"close" not in tokens
 
-    if b"#" in target:
+    if origin is not None:
+        pass  # path and query are known
+    elif b"#" in target:
         raise HttpError(400, "fragment in request target")
-    if target[:1] == b"/":
+    elif target[:1] == b"/":
         path, _, query = target.partition(b"?")
     elif target == b"*":
         if method != b"OPTIONS":

@@ -130,3 +130,26 @@ def test_valid_seed_split_anywhere_parses_fully(seed: bytes, data: st.DataObject
     assert state == (0, False)
     assert outcomes and all(o[0] == "request" for o in outcomes)
     assert outcomes == parse([seed])[0]
+
+
+@FUZZ
+@given(
+    target=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40),
+    minor=st.sampled_from(["0", "1"]),
+)
+def test_origin_form_targets_split_as_the_rfc_says(target: str, minor: str) -> None:
+    """The one-regex road for origin-form request lines gives what the general reading
+    gives: a fragment is refused, else path and query split at the first '?'."""
+    raw = f"GET /{target} HTTP/1.{minor}\r\nHost: t\r\n\r\n".encode()
+    parser = RequestParser()
+    parser.feed(raw)
+    if "#" in target:
+        with pytest.raises(HttpError) as info:
+            parser.next_request()
+        assert info.value.status == 400
+        return
+    request = parser.next_request()
+    assert request is not None
+    path, _, query = f"/{target}".encode().partition(b"?")
+    assert (request.target, request.path, request.query) == (f"/{target}".encode(), path, query)
+    assert request.http10 == (minor == "0")
