@@ -9,7 +9,8 @@ It imports no socket and no event loop, so the tests are plain function calls on
 The parser is strict on purpose (RFC 9112): whatever could frame a message two ways
 (request smuggling) or hide in a lenient reading is rejected, and every rejection ends
 the connection. The hot path is one `find` for the end of the head, one regex per line
-and no per-byte Python loop.
+and no per-byte Python loop; two memos (whole bodyless heads, header blocks) skip even
+that for what a client sends again byte for byte.
 """
 
 from __future__ import annotations
@@ -278,8 +279,9 @@ def _parse_head(head: bytes) -> tuple[Request, int]:
     block = _HEADER_BLOCKS.get(block_bytes)
     if block is None:
         block = _parse_header_block(block_bytes)
-        if len(_HEADER_BLOCKS) < MAX_CACHED_HEADER_BLOCKS:
-            _HEADER_BLOCKS[block_bytes] = block
+        if len(_HEADER_BLOCKS) >= MAX_CACHED_HEADER_BLOCKS:
+            _HEADER_BLOCKS.clear()  # so early one-off blocks cannot keep the memo full
+        _HEADER_BLOCKS[block_bytes] = block
     length = block.length
     if block.chunked:
         if length >= 0:
