@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from redis_pipe import OrderedPipe
-from sale_store import ADMIT_LUA, batch_key, orders_key, sale_key
+from sale_store import ADMIT_LUA, batch_key, buyers_key, orders_key, sale_key
 
 log = logging.getLogger("seckill.batcher")
 
@@ -39,6 +39,12 @@ WON = 0
 SOLD_OUT = 1
 UNKNOWN_ITEM = 2
 UNAVAILABLE = 3
+ALREADY_BOUGHT = 4
+NOT_STARTED = 5
+ENDED = 6
+USER_REQUIRED = 7
+# The admission script's per-request letters (sale_store.ADMIT_LUA).
+_LETTERS = {ord("W"): WON, ord("S"): SOLD_OUT, ord("A"): ALREADY_BOUGHT, ord("U"): USER_REQUIRED}
 
 # One script call carries at most this many requests: bounds the script's run time
 # (Redis serves nobody else meanwhile) and the size of one command.
@@ -54,8 +60,9 @@ ADMIT_SHA = hashlib.sha1(ADMIT_LUA.encode()).hexdigest()
 
 
 class Waiter(Protocol):
-    def finish(self, outcome: int, tag: bytes, seq: int) -> None:
-        """The purchase's outcome; for WON, the order id is `<tag>-<seq>`."""
+    def finish(self, outcome: int, tag: bytes, value: int) -> None:
+        """The purchase's outcome. WON: the order id is `<tag>-<value>` (value is the seq);
+        NOT_STARTED: value is the ms until the sale starts."""
 
 
 class Batcher:
@@ -179,15 +186,15 @@ class Batcher:
 
     async def _pipeline(self, calls: list[tuple[str, str, Sequence[tuple[bytes, Waiter]]]]) -> list[object]:
         return await self._pipe.execute([
-            ("EVALSHA", ADMIT_SHA, 3, sale_key(item), orders_key(item), batch_key(item, batch_id),
-             batch_id, *[user for user, _ in requests])
+            ("EVALSHA", ADMIT_SHA, 4, sale_key(item), orders_key(item), batch_key(item, batch_id),
+             buyers_key(item), batch_id, *[user for user, _ in requests])
             for item, batch_id, requests in calls
         ])
 
     def _answer(
         self, item: str, requests: Sequence[tuple[bytes, Waiter]], reply: object, gate_until: float
     ) -> None:
-        if not isinstance(reply, list) or len(reply) not in (0, 4):
+        if not isinstance(reply, list) or len(reply) not in (0, 5, 6):
             if isinstance(reply, ResponseError) or not isinstance(reply, BaseException):
                 # The script failed, or replied in a shape it never does: a bug or bad data.
                 log.error("admission call for %s failed: %r", item, reply)
@@ -199,11 +206,27 @@ class Batcher:
                 waiter.finish(UNKNOWN_ITEM, b"", 0)
             return
         granted, remaining, seq = int(reply[0]), int(reply[1]), int(reply[2])
-        tag = reply[3]
-        if remaining <= 0:
+        tag, outcomes = reply[3], reply[4]
+        if remaining == 0:  # -1: the sale is not open, nobody looked at the stock
             self._sold_out_until[item] = gate_until
-        for _, waiter in requests[:granted]:
-            waiter.finish(WON, tag, seq)
-            seq += 1
-        for _, waiter in requests[granted:]:
-            waiter.finish(SOLD_OUT, b"", 0)
+        if not outcomes:  # the first `granted` won, the rest found it sold out
+            for _, waiter in requests[:granted]:
+                waiter.finish(WON, tag, seq)
+                seq += 1
+            for _, waiter in requests[granted:]:
+                waiter.finish(SOLD_OUT, b"", 0)
+        elif outcomes == b"N":
+            starts_in = int(reply[5])
+            for _, waiter in requests:
+                waiter.finish(NOT_STARTED, b"", starts_in)
+        elif outcomes == b"E":
+            for _, waiter in requests:
+                waiter.finish(ENDED, b"", 0)
+        else:
+            for (_, waiter), letter in zip(requests, outcomes, strict=True):
+                outcome = _LETTERS[letter]
+                if outcome == WON:
+                    waiter.finish(WON, tag, seq)
+                    seq += 1
+                else:
+                    waiter.finish(outcome, b"", 0)

@@ -3,8 +3,10 @@
 One sale (an "item") lives in two keys that share the Redis Cluster hash tag `{item}`,
 so every script call touches one slot:
 
-  seckill:{item}          hash: stock, sold, presold, seq, tag, created
+  seckill:{item}          hash: stock, sold, presold, seq, tag, created,
+                          per_user, starts_at, ends_at (ms since the epoch, optional)
   seckill:{item}:orders   stream: one entry per batch with wins (see ORDER_FIELDS)
+  seckill:{item}:buyers   hash: named user -> units won (per-user limits)
 
 `stock` is the number of units for sale, `sold` how many are gone, `presold` the part
 of `sold` that was sold before this server (`create --sold K`; those have no orders).
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -47,6 +50,10 @@ def sale_key(item: str) -> str:
 
 def orders_key(item: str) -> str:
     return f"{KEY_PREFIX}{{{item}}}:orders"
+
+
+def buyers_key(item: str) -> str:
+    return f"{KEY_PREFIX}{{{item}}}:buyers"
 
 
 def batch_key(item: str, batch_id: str) -> str:
@@ -75,41 +82,87 @@ def orders_in_entry(fields: Mapping[bytes, bytes]) -> list[dict[str, str | int]]
 
 
 # Admission for one batch of one item, atomically.
-# KEYS: sale hash, orders stream, batch result key.
+# KEYS: sale hash, orders stream, batch result key, buyers hash.
 # ARGV: batch id, then the user of each request in arrival order ('' = anonymous).
-# Grants min(n, remaining) requests in order and appends one stream entry listing the wins.
-# Reply: {} for an unknown item, else {granted, remaining after, first seq, tag}.
+# Reply: {} for an unknown item, else {granted, remaining after, first seq, tag, outcomes}:
+#  - outcomes '': the first `granted` requests won, the rest found it sold out;
+#  - 'N' (with a 6th element, ms until the start) or 'E': the sale has not started or has
+#    ended, for every request; remaining is then -1 (unknown: nobody looked);
+#  - else one letter per request: W won (the k-th W has seq first+k-1), S sold out,
+#    A already bought `per_user` units, U no user given where per_user needs one.
+# Winners are granted in arrival order and recorded in ONE stream entry; named winners are
+# counted in the buyers hash (user -> units won), which per_user limits are checked against.
 # The reply is stored under the batch id in the same atomic call, and a call whose batch
 # id is already stored returns that reply and changes nothing: a command that redis-py
-# resends after a lost reply cannot grant twice.
+# resends after a lost reply cannot grant twice. Time is Redis server time, so every
+# worker and host agrees on when a sale starts.
 ADMIT_LUA = """
 local done = redis.call('GET', KEYS[3])
 if done then return cjson.decode(done) end
-local sale = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'seq', 'tag')
+local sale = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'seq', 'tag', 'per_user',
+                        'starts_at', 'ends_at')
 if not sale[1] then return {} end
-local stock, sold, seq = tonumber(sale[1]), tonumber(sale[2]), tonumber(sale[3])
-local remaining = stock - sold
-local n = #ARGV - 1
-local granted = math.max(0, math.min(n, remaining))
-if granted > 0 then
-  local now = redis.call('TIME')
-  local ts = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
-  local users = {}
-  for i = 1, granted do users[i] = ARGV[i + 1] end
-  redis.call('XADD', KEYS[2], '*', 'first', string.format('%d', seq + 1),
-             'count', granted, 'tag', sale[4], 'users', table.concat(users, '\\n'),
-             'batch', ARGV[1], 'ts', ts)
-  redis.call('HINCRBY', KEYS[1], 'sold', granted)
-  redis.call('HINCRBY', KEYS[1], 'seq', granted)
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local starts, ends = tonumber(sale[6]), tonumber(sale[7])
+local reply
+if starts and now_ms < starts then
+  reply = {'0', '-1', '0', sale[4], 'N', string.format('%d', starts - now_ms)}
+elseif ends and now_ms >= ends then
+  reply = {'0', '-1', '0', sale[4], 'E'}
+else
+  local stock, sold, seq = tonumber(sale[1]), tonumber(sale[2]), tonumber(sale[3])
+  local per_user = tonumber(sale[5]) or 0
+  local remaining = stock - sold
+  local n = #ARGV - 1
+  local winners = {}
+  local outcomes = ''
+  if per_user == 0 then
+    for i = 1, math.min(n, remaining) do winners[i] = ARGV[i + 1] end
+  else
+    local codes, owned = {}, {}
+    for i = 1, n do
+      local user = ARGV[i + 1]
+      if user == '' then
+        codes[i] = 'U'
+      else
+        local count = owned[user]
+        if count == nil then count = tonumber(redis.call('HGET', KEYS[4], user)) or 0 end
+        if count >= per_user then
+          codes[i] = 'A'
+        elseif #winners >= remaining then
+          codes[i] = 'S'
+        else
+          codes[i] = 'W'
+          winners[#winners + 1] = user
+          count = count + 1
+        end
+        owned[user] = count
+      end
+    end
+    outcomes = table.concat(codes)
+  end
+  local granted = #winners
+  if granted > 0 then
+    redis.call('XADD', KEYS[2], '*', 'first', string.format('%d', seq + 1),
+               'count', granted, 'tag', sale[4], 'users', table.concat(winners, '\\n'),
+               'batch', ARGV[1], 'ts', string.format('%d', now_ms))
+    redis.call('HINCRBY', KEYS[1], 'sold', granted)
+    redis.call('HINCRBY', KEYS[1], 'seq', granted)
+    for i = 1, granted do
+      if winners[i] ~= '' then redis.call('HINCRBY', KEYS[4], winners[i], 1) end
+    end
+  end
+  reply = {string.format('%d', granted), string.format('%d', remaining - granted),
+           string.format('%d', seq + 1), sale[4], outcomes}
 end
-local reply = {string.format('%d', granted), string.format('%d', remaining - granted),
-               string.format('%d', seq + 1), sale[4]}
 redis.call('SET', KEYS[3], cjson.encode(reply), 'EX', BATCH_RESULT_TTL)
 return reply
 """.replace("BATCH_RESULT_TTL", str(BATCH_RESULT_TTL))
 
-# Create a sale unless it exists. KEYS: sale hash. ARGV: stock, presold.
-# The tag is Redis server time in base 36 (ms), unique per creation in practice.
+# Create a sale unless it exists. KEYS: sale hash. ARGV: stock, presold, per_user,
+# starts_at, ends_at ('' = no such bound). The tag is Redis server time in base 36 (ms),
+# unique per creation in practice.
 CREATE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local now = redis.call('TIME')
@@ -121,7 +174,28 @@ repeat
   ms = (ms - d) / 36
 until ms == 0
 redis.call('HSET', KEYS[1], 'stock', ARGV[1], 'sold', ARGV[2], 'presold', ARGV[2],
-           'seq', ARGV[2], 'tag', tag, 'created', now[1])
+           'seq', ARGV[2], 'tag', tag, 'created', now[1], 'per_user', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'starts_at', ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'ends_at', ARGV[5]) end
+return 1
+"""
+
+# Change a sale's terms. KEYS: sale hash. ARGV: stock, per_user, starts_at, ends_at
+# ('' = leave as is, '-' = remove the bound). Refused (-1) if stock would fall below sold;
+# 0 if there is no such sale. Atomic, so a purchase never sees half an update.
+UPDATE_LUA = """
+local sold = redis.call('HGET', KEYS[1], 'sold')
+if not sold then return 0 end
+if ARGV[1] ~= '' then
+  if tonumber(ARGV[1]) < tonumber(sold) then return -1 end
+  redis.call('HSET', KEYS[1], 'stock', ARGV[1])
+end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'per_user', ARGV[2]) end
+for i, field in ipairs({'starts_at', 'ends_at'}) do
+  local value = ARGV[i + 2]
+  if value == '-' then redis.call('HDEL', KEYS[1], field)
+  elseif value ~= '' then redis.call('HSET', KEYS[1], field, value) end
+end
 return 1
 """
 
@@ -130,27 +204,66 @@ class SaleError(Exception):
     """A sale operation refused, with a message for the operator."""
 
 
-def check_sale_numbers(stock: int, sold: int) -> None:
-    if not 0 <= stock <= MAX_STOCK:
+def check_terms(stock: int | None = None, sold: int | None = None, per_user: int | None = None,
+                starts_at: int | None = None, ends_at: int | None = None) -> None:
+    """Refuse numbers no sale can have, naming the field."""
+    if stock is not None and not 0 <= stock <= MAX_STOCK:
         raise SaleError(f"stock must be between 0 and {MAX_STOCK}")
-    if not 0 <= sold <= stock:
+    if sold is not None and not 0 <= sold <= (stock if stock is not None else MAX_STOCK):
         raise SaleError("sold must be between 0 and stock")
+    if per_user is not None and not 0 <= per_user <= MAX_STOCK:
+        raise SaleError("per_user must be 0 (no limit) or more")
+    if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+        raise SaleError("ends_at must be after starts_at")
 
 
-async def create_sale(redis: Redis, item: str, stock: int, sold: int = 0) -> bool:
-    """Create a sale; False if it already exists (it is left untouched)."""
+def _bound(ms: int | None) -> str:
+    return "" if ms is None else str(ms)
+
+
+async def create_sale(redis: Redis, item: str, stock: int, sold: int = 0, *, per_user: int = 0,
+                      starts_at: int | None = None, ends_at: int | None = None) -> bool:
+    """Create a sale; False if it already exists (it is left untouched). Times are ms
+    since the epoch, UTC."""
     if not valid_item(item):
         raise SaleError("item names are 1-64 characters of A-Z a-z 0-9 _ . : -")
-    check_sale_numbers(stock, sold)
-    created = await redis.eval(CREATE_LUA, 1, sale_key(item), stock, sold)
+    check_terms(stock, sold, per_user, starts_at, ends_at)
+    created = await redis.eval(CREATE_LUA, 1, sale_key(item), stock, sold, per_user,
+                               _bound(starts_at), _bound(ends_at))
     return bool(created)
 
 
+NO_BOUND = -1  # update_sale(): remove a start or end time
+
+
+async def update_sale(redis: Redis, item: str, *, stock: int | None = None, per_user: int | None = None,
+                      starts_at: int | None = None, ends_at: int | None = None) -> bool:
+    """Change what is given (NO_BOUND removes a time); False if there is no such sale."""
+    check_terms(stock, None, per_user,
+                None if starts_at == NO_BOUND else starts_at, None if ends_at == NO_BOUND else ends_at)
+
+    def arg(value: int | None) -> str:
+        return "" if value is None else "-" if value == NO_BOUND else str(value)
+
+    done = await redis.eval(UPDATE_LUA, 1, sale_key(item), arg(stock), arg(per_user),
+                            arg(starts_at), arg(ends_at))
+    if done == -1:
+        raise SaleError("stock cannot go below the units already sold")
+    return bool(done)
+
+
+def _iso(ms: bytes | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
 async def sale_status(redis: Redis, item: str) -> dict[str, Any] | None:
-    fields = await redis.hmget(sale_key(item), "stock", "sold", "presold", "seq")
+    fields = await redis.hmget(sale_key(item), "stock", "sold", "presold", "seq", "per_user",
+                               "starts_at", "ends_at")
     if fields[0] is None:
         return None
-    stock, sold, presold, seq = (int(v) for v in fields)  # type: ignore[arg-type]
+    stock, sold, presold, seq, per_user = (int(v or 0) for v in fields[:5])
     return {
         "item": item,
         "stock": stock,
@@ -158,10 +271,13 @@ async def sale_status(redis: Redis, item: str) -> dict[str, Any] | None:
         "remaining": stock - sold,
         "presold": presold,
         "orders": seq - presold,  # recorded in the stream
+        "per_user": per_user,
+        "starts_at": _iso(fields[5]),  # type: ignore[arg-type]
+        "ends_at": _iso(fields[6]),  # type: ignore[arg-type]
     }
 
 
 async def delete_sale(redis: Redis, item: str) -> bool:
     """Delete a sale and its orders; False if there was none."""
-    deleted = await redis.delete(sale_key(item), orders_key(item))
+    deleted = await redis.delete(sale_key(item), orders_key(item), buyers_key(item))
     return bool(deleted)

@@ -28,6 +28,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlsplit
 
@@ -94,6 +95,17 @@ _OK = json_body({"status": "ok"})
 _ITEM_CACHE_MAX = 10_000  # validated item names kept per worker; bounds client-chosen keys
 
 
+# Status and result of each outcome with a fixed answer (WON, NOT_STARTED and UNAVAILABLE
+# are built where they are answered).
+_OUTCOMES = {
+    batching.SOLD_OUT: (409, b"sold_out"),
+    batching.ALREADY_BOUGHT: (409, b"already_bought"),
+    batching.UNKNOWN_ITEM: (404, b"unknown_item"),
+    batching.ENDED: (403, b"ended"),
+    batching.USER_REQUIRED: (400, b"user_required"),
+}
+
+
 class Purchase(Slot):
     """A purchase waiting for its batch; becomes the connection's answer when it ends."""
 
@@ -107,12 +119,17 @@ class Purchase(Slot):
         self.item = item
         self.mode = mode
 
-    def finish(self, outcome: int, tag: bytes, seq: int) -> None:
+    def finish(self, outcome: int, tag: bytes, value: int) -> None:
         if outcome == batching.WON:
             body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d}' % (
-                self.item.encode(), tag, seq, seq,
+                self.item.encode(), tag, value, value,
             )
             self.set(self.app.responses.build(200, body, self.mode))
+        elif outcome == batching.NOT_STARTED:
+            body = b'{"result":"not_started","item":"%s","starts_in":%.3f}' % (
+                self.item.encode(), value / 1000,
+            )
+            self.set(self.app.responses.build(403, body, self.mode))
         else:
             self.set(self.app.purchase_answer(self.item, outcome, self.mode))
 
@@ -191,13 +208,12 @@ class SeckillApp:
         answer = memo.get(key)
         if answer is not None:
             return answer
-        responses = self.responses
-        if outcome == batching.SOLD_OUT:
-            answer = responses.build(409, b'{"result":"sold_out","item":"%s"}' % item.encode(), mode)
-        elif outcome == batching.UNKNOWN_ITEM:
-            answer = responses.build(404, b'{"result":"unknown_item","item":"%s"}' % item.encode(), mode)
+        if outcome == batching.UNAVAILABLE:
+            answer = self.responses.build(503, _UNAVAILABLE, mode, _RETRY_AFTER)
         else:
-            answer = responses.build(503, _UNAVAILABLE, mode, _RETRY_AFTER)
+            status, result = _OUTCOMES[outcome]
+            body = b'{"result":"%s","item":"%s"}' % (result, item.encode())
+            answer = self.responses.build(status, body, mode)
         if len(memo) < MAX_CACHED:
             memo[key] = answer
         return answer
@@ -554,7 +570,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="seckill-server",
         description="Flash-sale admission server: HTTP/1.1 on uvloop, stock in Redis.",
-        epilog="Sale admin: seckill-server {create,status,delete} ITEM ... (each takes --redis; "
+        epilog="Sale admin: seckill-server {create,update,status,delete} ITEM ... (each takes --redis; "
                "see seckill-server create --help).",
         formatter_class=_HelpFormatter,
     )
@@ -592,28 +608,48 @@ def build_serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _utc_ms(text: str) -> int:
+    """An ISO-8601 time (UTC when no offset is given) as ms since the epoch; "none" = -1."""
+    if text.lower() == "none":
+        return sale_store.NO_BOUND
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 time like 2026-11-24T20:00:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
 def build_admin_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="seckill-server", description="Sale admin, straight to Redis.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser = functools.partial(  # type: ignore[method-assign]
         commands.add_parser, formatter_class=_HelpFormatter
     )
+    count = _bounded(int, 0, sale_store.MAX_STOCK)
     create = commands.add_parser("create", help="create a sale (refused if it exists)")
-    create.add_argument("item")
-    create.add_argument("--stock", type=_bounded(int, 0, sale_store.MAX_STOCK), required=True,
-                        help="units for sale")
-    create.add_argument("--sold", type=_bounded(int, 0, sale_store.MAX_STOCK), default=0,
-                        help="units already sold elsewhere")
-    _add_redis_flags(create)
+    update = commands.add_parser("update", help="change a sale's terms while it runs")
+    for sub in (create, update):
+        sub.add_argument("item")
+        sub.add_argument("--stock", type=count, required=sub is create, help="units for sale")
+        sub.add_argument("--per-user", type=count, default=0 if sub is create else None,
+                         help="units one user may win (0: no limit; a limit needs ?user=)")
+        sub.add_argument("--starts-at", type=_utc_ms, metavar="TIME",
+                         help="ISO-8601 start (UTC unless an offset is given); before it: 403 not_started"
+                              + ("; 'none' removes it" if sub is update else ""))
+        sub.add_argument("--ends-at", type=_utc_ms, metavar="TIME",
+                         help="ISO-8601 end; from it on: 403 ended" + ("; 'none' removes it" if sub is update else ""))
+    create.add_argument("--sold", type=count, default=0, help="units already sold elsewhere")
     for name, text in (("status", "print a sale's stock as JSON"),
                        ("delete", "delete a sale and its orders")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("item")
+        commands.add_parser(name, help=text).add_argument("item")
+    for sub in commands.choices.values():
         _add_redis_flags(sub)
     return parser
 
 
-ADMIN_COMMANDS = ("create", "status", "delete")
+ADMIN_COMMANDS = ("create", "update", "status", "delete")
 
 
 def main_admin(argv: Sequence[str]) -> int:
@@ -631,13 +667,22 @@ def main_admin(argv: Sequence[str]) -> int:
 async def _admin(args: argparse.Namespace, url: str) -> int:
     redis = make_redis(url, 5.0)
     try:
-        if args.command == "create":
+        if args.command in ("create", "update"):
+            if args.command == "create" and sale_store.NO_BOUND in (args.starts_at, args.ends_at):
+                die("'none' is for update: a new sale simply has no such time", EXIT_USAGE)
             try:
-                created = await sale_store.create_sale(redis, args.item, args.stock, args.sold)
+                if args.command == "create":
+                    done = await sale_store.create_sale(
+                        redis, args.item, args.stock, args.sold, per_user=args.per_user,
+                        starts_at=args.starts_at, ends_at=args.ends_at)
+                else:
+                    done = await sale_store.update_sale(
+                        redis, args.item, stock=args.stock, per_user=args.per_user,
+                        starts_at=args.starts_at, ends_at=args.ends_at)
             except sale_store.SaleError as exc:
                 die(str(exc), EXIT_USAGE)
-            if not created:
-                die(f"sale {args.item!r} already exists", 1)
+            if not done:
+                die(f"sale {args.item!r} " + ("already exists" if args.command == "create" else "does not exist"), 1)
             print(json.dumps(await sale_store.sale_status(redis, args.item)))
         elif args.command == "status":
             status = await sale_store.sale_status(redis, args.item)

@@ -43,6 +43,14 @@ def require_tool(name: str) -> str:
 _DEBIAN = {"ab": "apache2-utils", "wrk": "wrk", "nginx": "nginx"}
 
 
+def create_sale(client: redis.Redis, item: str, stock: int, sold: int = 0, per_user: int = 0,
+                starts_at: int | None = None, ends_at: int | None = None) -> None:
+    """Create a sale with the same script the CLI uses (times in ms since the epoch)."""
+    created = client.eval(sale_store.CREATE_LUA, 1, sale_store.sale_key(item), stock, sold, per_user,
+                          "" if starts_at is None else starts_at, "" if ends_at is None else ends_at)
+    assert created == 1
+
+
 def stream_orders(client: redis.Redis, item: str) -> list[dict[str, str | int]]:
     """Every order the item's stream records, oldest first."""
     return [

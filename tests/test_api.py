@@ -12,8 +12,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sale_store
-from conftest import stream_orders
+from conftest import create_sale, stream_orders
 from http_client import Conn, fetch, get
 from protocol import HttpError
 
@@ -23,12 +22,8 @@ def server(start_server, redis_client: redis.Redis):  # type: ignore[no-untyped-
     return start_server()
 
 
-def create(redis_client: redis.Redis, item: str, stock: int, sold: int = 0) -> None:
-    assert redis_client.eval(sale_store.CREATE_LUA, 1, sale_store.sale_key(item), stock, sold) == 1
-
-
 def test_purchase_answers_won_then_sold_out(server, redis_client: redis.Redis) -> None:
-    create(redis_client, "hat", 2)
+    create_sale(redis_client, "hat", 2)
     first = fetch(server.port, "GET", "/seckill/hat?user=alice")
     second = fetch(server.port, "POST", "/seckill/hat", b"user=bob",
                    {"Content-Type": "application/x-www-form-urlencoded"})
@@ -44,7 +39,7 @@ def test_purchase_answers_won_then_sold_out(server, redis_client: redis.Redis) -
 
 
 def test_response_headers(server, redis_client: redis.Redis) -> None:
-    create(redis_client, "hat", 1)
+    create_sale(redis_client, "hat", 1)
     response = fetch(server.port, "GET", "/seckill/hat")
     assert response.headers["content-type"] == "application/json"
     assert int(response.headers["content-length"]) == len(response.body)
@@ -64,7 +59,7 @@ def test_invalid_item_name_is_400(server, item: str) -> None:
 
 
 def test_invalid_user_is_400(server, redis_client: redis.Redis) -> None:
-    create(redis_client, "hat", 5)
+    create_sale(redis_client, "hat", 5)
     assert fetch(server.port, "GET", "/seckill/hat?user=" + "x" * 129).status == 400
     assert fetch(server.port, "GET", "/seckill/hat?user=%01").status == 400
     assert fetch(server.port, "POST", "/seckill/hat", b'{"user": 5}',
@@ -87,14 +82,14 @@ def test_limit_is_the_demo_item(start_server, redis_client: redis.Redis) -> None
 
 
 def test_demo_is_not_reseeded(start_server, redis_client: redis.Redis) -> None:
-    create(redis_client, "limit", 10, 10)
+    create_sale(redis_client, "limit", 10, 10)
     server = start_server(demo=True)
     assert fetch(server.port, "GET", "/limit").status == 409
     assert fetch(server.port, "GET", "/stock/limit").json()["remaining"] == 0
 
 
 def test_stock(server, redis_client: redis.Redis) -> None:
-    create(redis_client, "hat", 10, 3)
+    create_sale(redis_client, "hat", 10, 3)
     fetch(server.port, "GET", "/seckill/hat")
     assert fetch(server.port, "GET", "/stock/hat").json() == {
         "item": "hat", "stock": 10, "sold": 4, "remaining": 6,
@@ -117,7 +112,7 @@ def test_readyz_and_purchases_answer_503_when_redis_is_down(start_server, tmp_pa
     url = own.start()
     try:
         r = redis.Redis.from_url(url)
-        create(r, "hat", 5)
+        create_sale(r, "hat", 5)
         r.close()
         server = start_server("--redis-timeout", "0.5", redis_url=url)
         assert fetch(server.port, "GET", "/readyz").status == 200
@@ -156,7 +151,7 @@ def test_routing_errors(server, method: str, path: str, status: int) -> None:
 
 
 def test_keep_alive_http11(server, redis_client: redis.Redis) -> None:
-    create(redis_client, "hat", 1)
+    create_sale(redis_client, "hat", 1)
     with Conn(server.port) as conn:
         assert conn.request(get("/healthz")).status == 200
         assert conn.request(get("/seckill/hat")).status == 200
@@ -178,7 +173,7 @@ def test_http10_closes_unless_keep_alive(server) -> None:
 
 
 def test_pipelined_requests_are_answered_in_order(server, redis_client: redis.Redis) -> None:
-    create(redis_client, "hat", 2)
+    create_sale(redis_client, "hat", 2)
     with Conn(server.port) as conn:
         conn.send(get("/seckill/hat?user=1") + get("/healthz") + get("/seckill/hat?user=2")
                   + get("/stock/hat") + get("/seckill/hat?user=3") + get("/nope"))
@@ -189,7 +184,7 @@ def test_pipelined_requests_are_answered_in_order(server, redis_client: redis.Re
 
 
 def test_pipelined_close_stops_reading(server, redis_client: redis.Redis) -> None:
-    create(redis_client, "hat", 5)
+    create_sale(redis_client, "hat", 5)
     with Conn(server.port) as conn:
         conn.send(get("/seckill/hat") + b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
                   + get("/seckill/hat"))
@@ -261,7 +256,7 @@ def test_stalled_request_head_gets_408(start_server, redis_client: redis.Redis) 
 def test_many_pipelined_requests_are_all_answered(server, redis_client: redis.Redis) -> None:
     """More pipelined requests than a connection may have pending: reading pauses and
     resumes, every request is answered once, in order."""
-    create(redis_client, "hat", 50)
+    create_sale(redis_client, "hat", 50)
     with Conn(server.port) as conn:
         conn.send(b"".join(get(f"/seckill/hat?user={i}") for i in range(200)))
         answers = conn.responses(200)
@@ -271,7 +266,7 @@ def test_many_pipelined_requests_are_all_answered(server, redis_client: redis.Re
 
 
 def test_client_half_close_still_gets_answers(server, redis_client: redis.Redis) -> None:
-    create(redis_client, "hat", 1)
+    create_sale(redis_client, "hat", 1)
     with Conn(server.port) as conn:
         conn.send(get("/seckill/hat"))
         conn.sock.shutdown(socket.SHUT_WR)
@@ -282,7 +277,7 @@ def test_client_half_close_still_gets_answers(server, redis_client: redis.Redis)
 @pytest.mark.parametrize("path", ["/seckill/hat", "/nope", "/healthz", "/stock/hat", "/stock/b%20d"])
 def test_head_answers_carry_no_body(server, redis_client: redis.Redis, path: str) -> None:
     """A body after a HEAD answer would be read as the next response: check the next one."""
-    create(redis_client, "hat", 1)
+    create_sale(redis_client, "hat", 1)
     with Conn(server.port) as conn:
         conn.send(f"HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
         head = conn.responses(1, head_only=True)[0]

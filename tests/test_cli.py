@@ -14,7 +14,7 @@ import pytest
 import redis
 
 import sale_store
-from conftest import ROOT, stream_orders
+from conftest import ROOT, create_sale, stream_orders
 from http_client import Conn, fetch, get
 from redis_runner import EmbeddedRedis, free_port
 
@@ -114,7 +114,7 @@ def test_embedded_redis_is_started_and_stopped(tmp_path) -> None:
 
 
 def test_sigterm_answers_what_was_read_then_exits(start_server, redis_client: redis.Redis) -> None:
-    redis_client.eval(sale_store.CREATE_LUA, 1, sale_store.sale_key("hat"), 100, 0)
+    create_sale(redis_client, "hat", 100)
     server = start_server("--graceful-timeout", "5")
     with Conn(server.port) as idle, Conn(server.port) as busy:
         assert idle.request(get("/healthz")).status == 200
@@ -145,7 +145,7 @@ def test_stalled_redis_gives_503_then_recovers(start_server, tmp_path) -> None:
     url = own.start()
     try:
         r = redis.Redis.from_url(url)
-        r.eval(sale_store.CREATE_LUA, 1, sale_store.sale_key("hat"), 100, 0)
+        create_sale(r, "hat", 100)
         server = start_server("--redis-timeout", "0.3", redis_url=url)
         assert fetch(server.port, "GET", "/seckill/hat").status == 200
         assert own.process is not None

@@ -12,17 +12,13 @@ import pytest
 import redis
 
 import sale_store
-from conftest import require_tool, stream_orders
+from conftest import create_sale, require_tool, stream_orders
 from http_client import Conn, fetch, get, hammer
-
-
-def create(redis_client: redis.Redis, item: str, stock: int, sold: int = 0) -> None:
-    assert redis_client.eval(sale_store.CREATE_LUA, 1, sale_store.sale_key(item), stock, sold) == 1
 
 
 @pytest.mark.slow
 def test_exactly_stock_winners_under_concurrency(start_server, redis_client: redis.Redis) -> None:
-    create(redis_client, "phone", 1000)
+    create_sale(redis_client, "phone", 1000)
     server = start_server(workers=2)
     connections, per_connection = 200, 100  # 20,000 requests, distinct users
     paths = [[f"/seckill/phone?user=u{c}-{i}" for i in range(per_connection)] for c in range(connections)]
@@ -69,8 +65,8 @@ def test_seed_demo_with_ab(start_server, redis_client: redis.Redis) -> None:
 
 
 def test_keys_lost_while_serving_answer_404_never_200(start_server, redis_client: redis.Redis) -> None:
-    create(redis_client, "hat", 100)
-    create(redis_client, "cap", 1)
+    create_sale(redis_client, "hat", 100)
+    create_sale(redis_client, "cap", 1)
     server = start_server()
     assert fetch(server.port, "GET", "/seckill/hat").status == 200
     assert fetch(server.port, "GET", "/seckill/cap").status == 200
@@ -86,13 +82,13 @@ def test_keys_lost_while_serving_answer_404_never_200(start_server, redis_client
 
 def _admit(redis_client: redis.Redis, item: str, batch_id: str, users: list[str]) -> list[bytes]:
     return redis_client.eval(  # type: ignore[no-any-return]
-        sale_store.ADMIT_LUA, 3, sale_store.sale_key(item), sale_store.orders_key(item),
-        sale_store.batch_key(item, batch_id), batch_id, *users,
+        sale_store.ADMIT_LUA, 4, sale_store.sale_key(item), sale_store.orders_key(item),
+        sale_store.batch_key(item, batch_id), sale_store.buyers_key(item), batch_id, *users,
     )
 
 
 def test_admission_grants_in_order_and_replay_changes_nothing(redis_client: redis.Redis) -> None:
-    create(redis_client, "hat", 3, 1)
+    create_sale(redis_client, "hat", 3, 1)
     reply = _admit(redis_client, "hat", "b1", ["a", "b", "c", "d"])
     granted, remaining, first_seq = (int(x) for x in reply[:3])
     assert (granted, remaining, first_seq) == (2, 0, 2)
@@ -112,7 +108,7 @@ def test_admission_of_a_missing_item_creates_nothing(redis_client: redis.Redis) 
 
 
 def test_sold_out_gate_sees_a_restock(start_server, redis_client: redis.Redis) -> None:
-    create(redis_client, "hat", 1)
+    create_sale(redis_client, "hat", 1)
     server = start_server("--gate-interval", "0.05")
     with Conn(server.port) as conn:
         assert conn.request(get("/seckill/hat")).status == 200
@@ -140,7 +136,7 @@ def test_waiting_queue_is_bounded_while_redis_stalls(start_server, tmp_path) -> 
     conns: list[Conn] = []
     try:
         r = redis.Redis.from_url(url)
-        create(r, "hat", 100)
+        create_sale(r, "hat", 100)
         server = start_server("--redis-timeout", "60", "--max-waiting", "5", "--max-in-flight", "1",
                               redis_url=url)
         assert own.process is not None
@@ -180,7 +176,7 @@ def test_redis_over_a_unix_socket(start_server, tmp_path) -> None:
     own.start()
     try:
         r = redis.Redis(unix_socket_path=sock)
-        create(r, "hat", 1)
+        create_sale(r, "hat", 1)
         r.close()
         server = start_server(redis_url=f"unix://{sock}")
         assert fetch(server.port, "GET", "/seckill/hat").status == 200
@@ -190,7 +186,7 @@ def test_redis_over_a_unix_socket(start_server, tmp_path) -> None:
 
 
 def test_orders_entry_round_trips_users(redis_client: redis.Redis) -> None:
-    create(redis_client, "hat", 10)
+    create_sale(redis_client, "hat", 10)
     users = ["", "alice", "a b,c;d", "ü-用户", ""]
     assert int(_admit(redis_client, "hat", "b1", users)[0]) == 5
     orders = stream_orders(redis_client, "hat")
@@ -202,7 +198,7 @@ def test_orders_entry_round_trips_users(redis_client: redis.Redis) -> None:
 
 
 def test_batches_are_split_at_max_batch(start_server, redis_client: redis.Redis) -> None:
-    create(redis_client, "hat", 60)
+    create_sale(redis_client, "hat", 60)
     server = start_server("--max-batch", "3")
     paths = [[f"/seckill/hat?user=c{c}-{i}" for i in range(5)] for c in range(20)]
     answers = asyncio.run(hammer(server.port, paths))
@@ -215,7 +211,7 @@ def test_batches_are_split_at_max_batch(start_server, redis_client: redis.Redis)
 def test_script_cache_flushed_while_serving(start_server, redis_client: redis.Redis) -> None:
     """NOSCRIPT (Redis restarted or SCRIPT FLUSH): the script is loaded again and the
     purchase goes through, once."""
-    create(redis_client, "hat", 5)
+    create_sale(redis_client, "hat", 5)
     server = start_server()
     assert fetch(server.port, "GET", "/seckill/hat?user=a").status == 200
     redis_client.script_flush()
