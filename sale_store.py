@@ -105,6 +105,21 @@ if not sale[1] then return {} end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local starts, ends = tonumber(sale[6]), tonumber(sale[7])
+
+-- Units won so far by each named user in `users` (one HMGET per 1000 names).
+local function owned_by(users)
+  local owned, names = {}, {}
+  for _, user in ipairs(users) do
+    if user ~= '' and not owned[user] then owned[user] = 0; names[#names + 1] = user end
+  end
+  for first = 1, #names, 1000 do
+    local chunk = {unpack(names, first, math.min(first + 999, #names))}
+    local counts = redis.call('HMGET', KEYS[4], unpack(chunk))
+    for i, user in ipairs(chunk) do owned[user] = tonumber(counts[i]) or 0 end
+  end
+  return owned
+end
+
 local reply
 if starts and now_ms < starts then
   reply = {'0', '-1', '0', sale[4], 'N', string.format('%d', starts - now_ms)}
@@ -114,30 +129,30 @@ else
   local stock, sold, seq = tonumber(sale[1]), tonumber(sale[2]), tonumber(sale[3])
   local per_user = tonumber(sale[5]) or 0
   local remaining = stock - sold
-  local n = #ARGV - 1
-  local winners = {}
-  local outcomes = ''
+  local winners, outcomes = {}, ''
+  local owned
   if per_user == 0 then
-    for i = 1, math.min(n, remaining) do winners[i] = ARGV[i + 1] end
+    for i = 1, math.min(#ARGV - 1, remaining) do winners[i] = ARGV[i + 1] end
+    owned = owned_by(winners)
+    for _, user in ipairs(winners) do
+      if user ~= '' then owned[user] = owned[user] + 1 end
+    end
   else
-    local codes, owned = {}, {}
-    for i = 1, n do
-      local user = ARGV[i + 1]
+    local users = {}  -- (no unpack: Lua's stack holds ~8000 values, a batch may hold more)
+    for i = 2, #ARGV do users[i - 1] = ARGV[i] end
+    local codes = {}
+    owned = owned_by(users)
+    for i, user in ipairs(users) do
       if user == '' then
         codes[i] = 'U'
+      elseif owned[user] >= per_user then
+        codes[i] = 'A'
+      elseif #winners >= remaining then
+        codes[i] = 'S'
       else
-        local count = owned[user]
-        if count == nil then count = tonumber(redis.call('HGET', KEYS[4], user)) or 0 end
-        if count >= per_user then
-          codes[i] = 'A'
-        elseif #winners >= remaining then
-          codes[i] = 'S'
-        else
-          codes[i] = 'W'
-          winners[#winners + 1] = user
-          count = count + 1
-        end
-        owned[user] = count
+        codes[i] = 'W'
+        winners[#winners + 1] = user
+        owned[user] = owned[user] + 1
       end
     end
     outcomes = table.concat(codes)
@@ -149,8 +164,17 @@ else
                'batch', ARGV[1], 'ts', string.format('%d', now_ms))
     redis.call('HINCRBY', KEYS[1], 'sold', granted)
     redis.call('HINCRBY', KEYS[1], 'seq', granted)
-    for i = 1, granted do
-      if winners[i] ~= '' then redis.call('HINCRBY', KEYS[4], winners[i], 1) end
+    -- The named winners' new counts, one HSET per 500 of them (bounded unpack).
+    local counts, seen = {}, {}
+    for _, user in ipairs(winners) do
+      if user ~= '' and not seen[user] then
+        seen[user] = true
+        counts[#counts + 1] = user
+        counts[#counts + 1] = owned[user]
+      end
+    end
+    for first = 1, #counts, 1000 do
+      redis.call('HSET', KEYS[4], unpack(counts, first, math.min(first + 999, #counts)))
     end
   end
   reply = {string.format('%d', granted), string.format('%d', remaining - granted),

@@ -124,3 +124,13 @@ def test_cli_create_and_update_terms(redis_client: redis.Redis, redis_server) ->
     assert backwards.returncode == 2 and "ends_at must be after starts_at" in backwards.stderr
     bad = run_cli("create", "cap", "--stock", "1", "--starts-at", "tomorrow", *url)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_batch_larger_than_luas_stack(redis_client: redis.Redis) -> None:
+    """9000 requests in one call (over Lua's ~8000-value unpack limit), named and limited."""
+    create_sale(redis_client, "hat", 8000, per_user=1)
+    users = [f"u{i % 8500}" for i in range(9000)]
+    reply = _admit(redis_client, "hat", "big", users)
+    assert int(reply[0]) == 8000
+    assert reply[4].count(b"W") == 8000 and reply[4].count(b"A") == 500
+    assert redis_client.hlen(sale_store.buyers_key("hat")) == 8000
