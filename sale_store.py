@@ -3,8 +3,8 @@
 One sale (an "item") lives in two keys that share the Redis Cluster hash tag `{item}`,
 so every script call touches one slot:
 
-  seckill:{item}          hash: stock, sold, presold, seq, tag, created,
-                          per_user, starts_at, ends_at (ms since the epoch, optional)
+  seckill:{item}          hash: stock, sold, presold, seq, tag, created, per_user,
+                          counted, starts_at, ends_at (ms since the epoch, optional)
   seckill:{item}:orders   stream: one entry per batch with wins (see ORDER_FIELDS)
   seckill:{item}:buyers   hash: named user -> units won (per-user limits)
 
@@ -90,8 +90,11 @@ def orders_in_entry(fields: Mapping[bytes, bytes]) -> list[dict[str, str | int]]
 #    ended, for every request; remaining is then -1 (unknown: nobody looked);
 #  - else one letter per request: W won (the k-th W has seq first+k-1), S sold out,
 #    A already bought `per_user` units, U no user given where per_user needs one.
-# Winners are granted in arrival order and recorded in ONE stream entry; named winners are
-# counted in the buyers hash (user -> units won), which per_user limits are checked against.
+# Winners are granted in arrival order and recorded in ONE stream entry. A sale that has
+# (or once had) a per_user limit is marked `counted`, and its named winners are counted in
+# the buyers hash (user -> units won) that the limit is checked against; a sale without
+# one skips that work (measured: it halves the script's time per call). So a limit can be
+# added to a sale only before its first order (UPDATE_LUA), or the counts would be short.
 # The reply is stored under the batch id in the same atomic call, and a call whose batch
 # id is already stored returns that reply and changes nothing: a command that redis-py
 # resends after a lost reply cannot grant twice. Time is Redis server time, so every
@@ -100,7 +103,7 @@ ADMIT_LUA = """
 local done = redis.call('GET', KEYS[3])
 if done then return cjson.decode(done) end
 local sale = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'seq', 'tag', 'per_user',
-                        'starts_at', 'ends_at')
+                        'starts_at', 'ends_at', 'counted')
 if not sale[1] then return {} end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -133,9 +136,11 @@ else
   local owned
   if per_user == 0 then
     for i = 1, math.min(#ARGV - 1, remaining) do winners[i] = ARGV[i + 1] end
-    owned = owned_by(winners)
-    for _, user in ipairs(winners) do
-      if user ~= '' then owned[user] = owned[user] + 1 end
+    if sale[8] then  -- the sale had a limit once: keep its counts true
+      owned = owned_by(winners)
+      for _, user in ipairs(winners) do
+        if user ~= '' then owned[user] = owned[user] + 1 end
+      end
     end
   else
     local users = {}  -- (no unpack: Lua's stack holds ~8000 values, a batch may hold more)
@@ -164,17 +169,18 @@ else
                'batch', ARGV[1], 'ts', string.format('%d', now_ms))
     redis.call('HINCRBY', KEYS[1], 'sold', granted)
     redis.call('HINCRBY', KEYS[1], 'seq', granted)
-    -- The named winners' new counts, one HSET per 500 of them (bounded unpack).
-    local counts, seen = {}, {}
-    for _, user in ipairs(winners) do
-      if user ~= '' and not seen[user] then
-        seen[user] = true
-        counts[#counts + 1] = user
-        counts[#counts + 1] = owned[user]
+    if owned then  -- the named winners' new counts, one HSET per 500 of them
+      local counts, seen = {}, {}
+      for _, user in ipairs(winners) do
+        if user ~= '' and not seen[user] then
+          seen[user] = true
+          counts[#counts + 1] = user
+          counts[#counts + 1] = owned[user]
+        end
       end
-    end
-    for first = 1, #counts, 1000 do
-      redis.call('HSET', KEYS[4], unpack(counts, first, math.min(first + 999, #counts)))
+      for first = 1, #counts, 1000 do
+        redis.call('HSET', KEYS[4], unpack(counts, first, math.min(first + 999, #counts)))
+      end
     end
   end
   reply = {string.format('%d', granted), string.format('%d', remaining - granted),
@@ -201,20 +207,24 @@ redis.call('HSET', KEYS[1], 'stock', ARGV[1], 'sold', ARGV[2], 'presold', ARGV[2
            'seq', ARGV[2], 'tag', tag, 'created', now[1], 'per_user', ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'starts_at', ARGV[4]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'ends_at', ARGV[5]) end
+if tonumber(ARGV[3]) > 0 then redis.call('HSET', KEYS[1], 'counted', 1) end
 return 1
 """
 
 # Change a sale's terms. KEYS: sale hash. ARGV: stock, per_user, starts_at, ends_at
-# ('' = leave as is, '-' = remove the bound). Refused (-1) if stock would fall below sold;
-# 0 if there is no such sale. Atomic, so a purchase never sees half an update.
+# ('' = leave as is, '-' = remove the bound). Refused, changing nothing: -1 if stock would
+# fall below sold, -2 if a per_user limit is added to a sale that has orders and never had
+# one (nobody counted its buyers). 0 if there is no such sale. Atomic, so a purchase
+# never sees half an update.
 UPDATE_LUA = """
-local sold = redis.call('HGET', KEYS[1], 'sold')
-if not sold then return 0 end
-if ARGV[1] ~= '' then
-  if tonumber(ARGV[1]) < tonumber(sold) then return -1 end
-  redis.call('HSET', KEYS[1], 'stock', ARGV[1])
-end
+local sale = redis.call('HMGET', KEYS[1], 'sold', 'seq', 'presold', 'counted')
+if not sale[1] then return 0 end
+if ARGV[1] ~= '' and tonumber(ARGV[1]) < tonumber(sale[1]) then return -1 end
+local limit = ARGV[2] ~= '' and tonumber(ARGV[2]) > 0
+if limit and not sale[4] and tonumber(sale[2]) > tonumber(sale[3]) then return -2 end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'stock', ARGV[1]) end
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'per_user', ARGV[2]) end
+if limit then redis.call('HSET', KEYS[1], 'counted', 1) end
 for i, field in ipairs({'starts_at', 'ends_at'}) do
   local value = ARGV[i + 2]
   if value == '-' then redis.call('HDEL', KEYS[1], field)
@@ -273,6 +283,8 @@ async def update_sale(redis: Redis, item: str, *, stock: int | None = None, per_
                             arg(starts_at), arg(ends_at))
     if done == -1:
         raise SaleError("stock cannot go below the units already sold")
+    if done == -2:
+        raise SaleError("per_user can be added only before the first order (or at create)")
     return bool(done)
 
 
