@@ -365,6 +365,13 @@ class Bench:
             self.note(f"({contender}) with {tool}: other processes used {median.foreign_cpu:.2f} CPUs "
                       "during the median run; its numbers are low by an unknown amount")
 
+    def every_load(self, contender: str, label: str, url: str) -> None:
+        """A row per load: wrk with distinct users, wrk with one URL, ab without keep-alive."""
+        self.series(contender, "wrk", label, url)
+        self.series(contender, "wrk1", f"{label}, one URL", url)
+        if "ab" not in self.args.skip:
+            self.series(contender, "ab", f"{label}, no keep-alive", url)
+
     def client_bound(self, result: LoadResult) -> bool:
         """With the client and the contender on cores of their own: was the client the limit?"""
         if not result.cpu_busy or not self.pin.client or not self.pin.server:
@@ -550,10 +557,7 @@ def measure_seed(bench: Bench, redis_url: str) -> None:
     with seed_stack(redis_url, bench.log_dir, bench.pin.server) as (service, port):
         bench.record_command("seed stack", service.command)
         url = f"http://127.0.0.1:{port}/limit"
-        bench.series("c", "wrk", "(c) seed", url)
-        bench.series("c", "wrk1", "(c) seed, one URL", url)
-        if "ab" not in bench.args.skip:
-            bench.series("c", "ab", "(c) seed, no keep-alive", url)
+        bench.every_load("c", "(c) seed", url)
 
 
 def measure_nginx(bench: Bench) -> None:
@@ -566,10 +570,7 @@ def measure_nginx(bench: Bench) -> None:
                        bench.pin.server) as (service, port):
         bench.record_command("nginx ceiling (config: bench/nginx.conf.template)", service.command)
         url = f"http://127.0.0.1:{port}/seckill/x"
-        bench.series("d", "wrk", "(d) nginx", url)
-        bench.series("d", "wrk1", "(d) nginx, one URL", url)
-        if "ab" not in bench.args.skip:
-            bench.series("d", "ab", "(d) nginx, no keep-alive", url)
+        bench.every_load("d", "(d) nginx", url)
 
 
 # --- Entry points ---------------------------------------------------------------------------

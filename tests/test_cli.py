@@ -140,32 +140,22 @@ def test_dead_worker_is_restarted(start_server, redis_client: redis.Redis) -> No
     assert server.stop() == 0
 
 
-def test_stalled_redis_gives_503_then_recovers(start_server, tmp_path) -> None:
-    own = EmbeddedRedis(tmp_path)
-    url = own.start()
-    try:
-        r = redis.Redis.from_url(url)
-        create_sale(r, "hat", 100)
-        server = start_server("--redis-timeout", "0.3", redis_url=url)
-        assert fetch(server.port, "GET", "/seckill/hat").status == 200
-        assert own.process is not None
-        os.kill(own.process.pid, signal.SIGSTOP)
-        try:
-            stalled = [fetch(server.port, "GET", f"/seckill/hat?user=s{i}") for i in range(3)]
-        finally:
-            os.kill(own.process.pid, signal.SIGCONT)
-        assert [s.status for s in stalled] == [503] * 3
-        statuses = set()
-        with Conn(server.port) as conn:
-            while 200 not in statuses:  # the next batch goes through
-                statuses.add(conn.request(get("/seckill/hat?user=after")).status)
-        # Stalled batches may have run once Redis woke up (their outcome was unknown,
-        # so they answered 503), but never twice: stream and counter agree.
-        sold = int(r.hget(sale_store.sale_key("hat"), "sold"))
-        assert len(stream_orders(r, "hat")) == sold
-        r.close()
-    finally:
-        own.stop()
+def test_stalled_redis_gives_503_then_recovers(start_server, own_redis) -> None:
+    own, r = own_redis
+    create_sale(r, "hat", 100)
+    server = start_server("--redis-timeout", "0.3", redis_url=own.url)
+    assert fetch(server.port, "GET", "/seckill/hat").status == 200
+    with own.stalled():
+        stalled = [fetch(server.port, "GET", f"/seckill/hat?user=s{i}") for i in range(3)]
+    assert [s.status for s in stalled] == [503] * 3
+    statuses = set()
+    with Conn(server.port) as conn:
+        while 200 not in statuses:  # the next batch goes through
+            statuses.add(conn.request(get("/seckill/hat?user=after")).status)
+    # Stalled batches may have run once Redis woke up (their outcome was unknown,
+    # so they answered 503), but never twice: stream and counter agree.
+    sold = int(r.hget(sale_store.sale_key("hat"), "sold"))
+    assert len(stream_orders(r, "hat")) == sold
 
 
 def test_console_script_is_installed() -> None:

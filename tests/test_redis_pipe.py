@@ -58,18 +58,15 @@ def test_abandoned_batch_reply_is_never_given_to_the_next(
     asyncio.run(_with_pipe(redis_server.url, body))
 
 
-def test_reconnects_after_redis_restart(tmp_path) -> None:
-    own = EmbeddedRedis(tmp_path)
-    url = own.start()
-    try:
-        async def body(pipe: OrderedPipe) -> None:
-            assert await pipe.execute([("PING",)]) == [b"PONG"]
-            own.kill()
-            with pytest.raises(RedisConnectionError):
-                await pipe.execute([("PING",)])
-            own.restart()
-            assert await pipe.execute([("PING",)]) == [b"PONG"]
+def test_reconnects_after_redis_restart(own_redis) -> None:
+    own, _ = own_redis
 
-        asyncio.run(_with_pipe(url, body))
-    finally:
-        own.stop()
+    async def body(pipe: OrderedPipe) -> None:
+        assert await pipe.execute([("PING",)]) == [b"PONG"]
+        own.kill()
+        with pytest.raises(RedisConnectionError):
+            await pipe.execute([("PING",)])
+        own.restart()
+        assert await pipe.execute([("PING",)]) == [b"PONG"]
+
+    asyncio.run(_with_pipe(own.url, body))

@@ -123,26 +123,16 @@ def test_sold_out_gate_sees_a_restock(start_server, redis_client: redis.Redis) -
     assert len(stream_orders(redis_client, "hat")) == 2
 
 
-def test_waiting_queue_is_bounded_while_redis_stalls(start_server, tmp_path) -> None:
+def test_waiting_queue_is_bounded_while_redis_stalls(start_server, own_redis) -> None:
     """With Redis stopped, past --max-waiting purchases answer 503 at once (without
     Redis) instead of queueing; when Redis resumes the queued ones are served."""
-    import os
-    import signal
-
-    from redis_runner import EmbeddedRedis
-
-    own = EmbeddedRedis(tmp_path)
-    url = own.start()
-    conns: list[Conn] = []
+    own, r = own_redis
+    create_sale(r, "hat", 100)
+    server = start_server("--redis-timeout", "60", "--max-waiting", "5", "--max-in-flight", "1",
+                          redis_url=own.url)
+    conns = [Conn(server.port) for _ in range(30)]
     try:
-        r = redis.Redis.from_url(url)
-        create_sale(r, "hat", 100)
-        server = start_server("--redis-timeout", "60", "--max-waiting", "5", "--max-in-flight", "1",
-                              redis_url=url)
-        assert own.process is not None
-        os.kill(own.process.pid, signal.SIGSTOP)
-        try:
-            conns = [Conn(server.port) for _ in range(30)]
+        with own.stalled():
             for i, conn in enumerate(conns):
                 conn.send(get(f"/seckill/hat?user=u{i}"))
             # At most one batch in flight plus 5 waiting: at least 20 are refused, and
@@ -154,18 +144,14 @@ def test_waiting_queue_is_bounded_while_redis_stalls(start_server, tmp_path) -> 
                 for conn in conns:
                     if conn.sock in readable:
                         answered[conn] = conn.responses(1)[0].status
-        finally:
-            os.kill(own.process.pid, signal.SIGCONT)
         assert set(answered.values()) == {503}
         statuses = [conn.responses(1)[0].status for conn in conns if conn not in answered]
         assert 5 <= statuses.count(200) <= 10
         assert set(statuses) <= {200, 503}
         assert len(stream_orders(r, "hat")) == statuses.count(200)
-        r.close()
     finally:
         for conn in conns:
             conn.close()
-        own.stop()
 
 
 def test_redis_over_a_unix_socket(start_server, tmp_path) -> None:
