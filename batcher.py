@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol, TypeGuard
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -194,7 +194,7 @@ class Batcher:
     def _answer(
         self, item: str, requests: Sequence[tuple[bytes, Waiter]], reply: object, gate_until: float
     ) -> None:
-        if not isinstance(reply, list) or len(reply) not in (0, 5, 6):
+        if not _well_formed(reply, len(requests)):
             if isinstance(reply, ResponseError) or not isinstance(reply, BaseException):
                 # The script failed, or replied in a shape it never does: a bug or bad data.
                 log.error("admission call for %s failed: %r", item, reply)
@@ -230,3 +230,18 @@ class Batcher:
                     seq += 1
                 else:
                     waiter.finish(outcome, b"", 0)
+
+
+def _well_formed(reply: object, requests: int) -> TypeGuard[list[Any]]:
+    """The admission script's reply has one of its shapes (checked before anyone is answered,
+    so a bad reply cannot leave a batch half answered)."""
+    if not isinstance(reply, list):
+        return False
+    if not reply:
+        return True
+    if len(reply) == 6:
+        return bool(reply[4] == b"N")
+    if len(reply) != 5:
+        return False
+    outcomes = reply[4]
+    return bool(outcomes in (b"", b"E") or (len(outcomes) == requests and not outcomes.strip(b"WSAU")))

@@ -203,3 +203,15 @@ def test_script_cache_flushed_while_serving(start_server, redis_client: redis.Re
     redis_client.script_flush()
     assert fetch(server.port, "GET", "/seckill/hat?user=b").status == 200
     assert [o["user"] for o in stream_orders(redis_client, "hat")] == ["a", "b"]
+
+
+def test_malformed_script_replies_are_refused_whole() -> None:
+    """A reply in no shape the script gives answers the whole batch 503, nobody half."""
+    from batcher import _well_formed
+
+    good = [[], [b"1", b"0", b"1", b"t", b""], [b"0", b"-1", b"0", b"t", b"E"],
+            [b"0", b"-1", b"0", b"t", b"N", b"1500"], [b"2", b"0", b"1", b"t", b"WAW"]]
+    assert all(_well_formed(reply, 3) for reply in good)
+    bad = [None, b"x", [b"1"], [b"1", b"0", b"1", b"t"], [b"1", b"0", b"1", b"t", b"WW"],
+           [b"1", b"0", b"1", b"t", b"WXW"], [b"0", b"-1", b"0", b"t", b"E", b"1"]]
+    assert not any(_well_formed(reply, 3) for reply in bad)
