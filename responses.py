@@ -37,21 +37,20 @@ def json_body(obj: Any) -> bytes:
 
 
 class Responses:
-    __slots__ = ("_date_line", "_prefix", "_cache", "memo")
+    __slots__ = ("_date_line", "_prefix", "memo")
 
     def __init__(self) -> None:
         self._date_line = b""
         self._prefix: dict[int, bytes] = {}
-        self._cache: dict[tuple[int, bytes, int, bytes], bytes] = {}
-        # Finished responses under the caller's own keys (cheaper to make than the body);
-        # emptied with the cache when the Date changes. Callers keep it under MAX_CACHED.
+        # Finished responses: get()'s, under (status, body, conn, extra), and callers' own,
+        # under keys cheaper to make than the body. Emptied when the Date changes; whoever
+        # adds keeps it under MAX_CACHED.
         self.memo: dict[object, bytes] = {}
         self.refresh_date()
 
     def refresh_date(self) -> None:
         self._date_line = b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
         self._prefix = {}
-        self._cache = {}
         self.memo = {}
 
     def _head_prefix(self, status: int) -> bytes:
@@ -74,11 +73,11 @@ class Responses:
     def get(self, status: int, body: bytes, conn: int = KEEP, extra: bytes = b"") -> bytes:
         """The same as build(), from the cache when it was built this second."""
         key = (status, body, conn, extra)
-        cached = self._cache.get(key)
+        cached = self.memo.get(key)
         if cached is None:
             cached = self.build(status, body, conn, extra)
-            if len(self._cache) < MAX_CACHED:
-                self._cache[key] = cached
+            if len(self.memo) < MAX_CACHED:
+                self.memo[key] = cached
         return cached
 
 

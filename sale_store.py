@@ -5,7 +5,7 @@ so every script call touches one slot:
 
   seckill:{item}          hash: stock, sold, presold, seq, tag, created, per_user,
                           counted, starts_at, ends_at (ms since the epoch, optional)
-  seckill:{item}:orders   stream: one entry per batch with wins (see ORDER_FIELDS)
+  seckill:{item}:orders   stream: one entry per batch with wins (see orders_in_entry)
   seckill:{item}:buyers   hash: named user -> units won (per-user limits)
 
 `stock` is the number of units for sale, `sold` how many are gone, `presold` the part
@@ -64,14 +64,12 @@ def valid_item(item: str) -> bool:
     return ITEM_RE.fullmatch(item) is not None
 
 
-# An orders entry: units first .. first+count-1 of the sale tagged `tag`, won by `users`
-# (newline-separated, in the same order; "" = anonymous), in batch `batch`, at `ts`
-# (Redis server time, ms). User ids are printable, so they never contain a newline.
-ORDER_FIELDS = ("first", "count", "tag", "users", "batch", "ts")
-
-
 def orders_in_entry(fields: Mapping[bytes, bytes]) -> list[dict[str, str | int]]:
-    """The orders one stream entry records, as {order, seq, user, batch, ts}."""
+    """The orders one stream entry records, as {order, seq, user, batch, ts}.
+
+    An entry's fields: units `first` .. `first + count - 1` of the sale tagged `tag`, won
+    by `users` (newline-separated, in the same order; "" = anonymous), in batch `batch`,
+    at `ts` (Redis server time, ms). User ids are printable, so they hold no newline."""
     first, count, tag = int(fields[b"first"]), int(fields[b"count"]), fields[b"tag"].decode()
     users = fields[b"users"].decode().split("\n")
     batch, ts = fields[b"batch"].decode(), int(fields[b"ts"])
@@ -251,8 +249,12 @@ def check_terms(stock: int | None = None, sold: int | None = None, per_user: int
         raise SaleError("ends_at must be after starts_at")
 
 
-def _bound(ms: int | None) -> str:
-    return "" if ms is None else str(ms)
+NO_BOUND = -1  # update_sale(): remove a start or end time
+
+
+def _script_arg(value: int | None) -> str:
+    """A term as CREATE_LUA/UPDATE_LUA take it: '' = not given, '-' = remove (NO_BOUND)."""
+    return "" if value is None else "-" if value == NO_BOUND else str(value)
 
 
 async def create_sale(redis: Redis, item: str, stock: int, sold: int = 0, *, per_user: int = 0,
@@ -261,13 +263,12 @@ async def create_sale(redis: Redis, item: str, stock: int, sold: int = 0, *, per
     since the epoch, UTC."""
     if not valid_item(item):
         raise SaleError("item names are 1-64 characters of A-Z a-z 0-9 _ . : -")
+    if NO_BOUND in (starts_at, ends_at):
+        raise SaleError("'none' is for update: a new sale simply has no such time")
     check_terms(stock, sold, per_user, starts_at, ends_at)
     created = await redis.eval(CREATE_LUA, 1, sale_key(item), stock, sold, per_user,
-                               _bound(starts_at), _bound(ends_at))
+                               _script_arg(starts_at), _script_arg(ends_at))
     return bool(created)
-
-
-NO_BOUND = -1  # update_sale(): remove a start or end time
 
 
 async def update_sale(redis: Redis, item: str, *, stock: int | None = None, per_user: int | None = None,
@@ -275,12 +276,7 @@ async def update_sale(redis: Redis, item: str, *, stock: int | None = None, per_
     """Change what is given (NO_BOUND removes a time); False if there is no such sale."""
     check_terms(stock, None, per_user,
                 None if starts_at == NO_BOUND else starts_at, None if ends_at == NO_BOUND else ends_at)
-
-    def arg(value: int | None) -> str:
-        return "" if value is None else "-" if value == NO_BOUND else str(value)
-
-    done = await redis.eval(UPDATE_LUA, 1, sale_key(item), arg(stock), arg(per_user),
-                            arg(starts_at), arg(ends_at))
+    done = await redis.eval(UPDATE_LUA, 1, sale_key(item), *map(_script_arg, (stock, per_user, starts_at, ends_at)))
     if done == -1:
         raise SaleError("stock cannot go below the units already sold")
     if done == -2:

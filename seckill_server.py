@@ -670,8 +670,6 @@ async def _admin(args: argparse.Namespace, url: str) -> int:
     redis = make_redis(url, 5.0)
     try:
         if args.command in ("create", "update"):
-            if args.command == "create" and sale_store.NO_BOUND in (args.starts_at, args.ends_at):
-                die("'none' is for update: a new sale simply has no such time", EXIT_USAGE)
             try:
                 if args.command == "create":
                     done = await sale_store.create_sale(

@@ -122,6 +122,8 @@ def test_cli_create_and_update_terms(redis_client: redis.Redis, redis_server) ->
     assert run_cli("update", "nope", "--stock", "5", *url).returncode == 1
     backwards = run_cli("create", "cap", "--stock", "1", "--starts-at", "2030-01-02", "--ends-at", "2030-01-01", *url)
     assert backwards.returncode == 2 and "ends_at must be after starts_at" in backwards.stderr
+    no_none = run_cli("create", "cap", "--stock", "1", "--starts-at", "none", *url)
+    assert no_none.returncode == 2 and "'none' is for update" in no_none.stderr
     bad = run_cli("create", "cap", "--stock", "1", "--starts-at", "tomorrow", *url)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
