@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from redis_pipe import OrderedPipe
-from sale_store import ADMIT_LUA, batch_key, buyers_key, orders_key, sale_key
+from sale_store import ADMIT_LUA, admit_keys
 
 log = logging.getLogger("seckill.batcher")
 
@@ -43,6 +43,7 @@ ALREADY_BOUGHT = 4
 NOT_STARTED = 5
 ENDED = 6
 USER_REQUIRED = 7
+HELD = 8  # won, as a hold: pending until confirmed or its deadline
 # The admission script's per-request letters (sale_store.ADMIT_LUA).
 _LETTERS = {ord("W"): WON, ord("S"): SOLD_OUT, ord("A"): ALREADY_BOUGHT, ord("U"): USER_REQUIRED}
 
@@ -60,9 +61,10 @@ ADMIT_SHA = hashlib.sha1(ADMIT_LUA.encode()).hexdigest()
 
 
 class Waiter(Protocol):
-    def finish(self, outcome: int, tag: bytes, value: int) -> None:
-        """The purchase's outcome. WON: the order id is `<tag>-<value>` (value is the seq);
-        NOT_STARTED: value is the ms until the sale starts."""
+    def finish(self, outcome: int, tag: bytes, value: int, until: int = 0) -> None:
+        """The purchase's outcome. WON and HELD: the order id is `<tag>-<value>` (value is
+        the seq), and a hold lasts `until` (ms since the epoch); NOT_STARTED: value is the
+        ms until the sale starts."""
 
 
 class Batcher:
@@ -186,8 +188,7 @@ class Batcher:
 
     async def _pipeline(self, calls: list[tuple[str, str, Sequence[tuple[bytes, Waiter]]]]) -> list[object]:
         return await self._pipe.execute([
-            ("EVALSHA", ADMIT_SHA, 4, sale_key(item), orders_key(item), batch_key(item, batch_id),
-             buyers_key(item), batch_id, *[user for user, _ in requests])
+            ("EVALSHA", ADMIT_SHA, 7, *admit_keys(item, batch_id), batch_id, *[user for user, _ in requests])
             for item, batch_id, requests in calls
         ])
 
@@ -209,9 +210,12 @@ class Batcher:
         tag, outcomes = reply[3], reply[4]
         if remaining == 0:  # -1: the sale is not open, nobody looked at the stock
             self._sold_out_until[item] = gate_until
+        won, until = WON, 0
+        if len(reply) == 6 and outcomes != b"N":
+            won, until = HELD, int(reply[5])
         if not outcomes:  # the first `granted` won, the rest found it sold out
             for _, waiter in requests[:granted]:
-                waiter.finish(WON, tag, seq)
+                waiter.finish(won, tag, seq, until)
                 seq += 1
             for _, waiter in requests[granted:]:
                 waiter.finish(SOLD_OUT, b"", 0)
@@ -226,7 +230,7 @@ class Batcher:
             for (_, waiter), letter in zip(requests, outcomes, strict=True):
                 outcome = _LETTERS[letter]
                 if outcome == WON:
-                    waiter.finish(WON, tag, seq)
+                    waiter.finish(won, tag, seq, until)
                     seq += 1
                 else:
                     waiter.finish(outcome, b"", 0)
@@ -239,9 +243,11 @@ def _well_formed(reply: object, requests: int) -> TypeGuard[list[Any]]:
         return False
     if not reply:
         return True
-    if len(reply) == 6:
-        return bool(reply[4] == b"N")
-    if len(reply) != 5:
+    if len(reply) not in (5, 6):
         return False
     outcomes = reply[4]
+    if outcomes == b"N":
+        return len(reply) == 6
+    if len(reply) == 6 and (outcomes == b"E" or not reply[5].isdigit()):  # a hold's deadline
+        return False
     return bool(outcomes in (b"", b"E") or (len(outcomes) == requests and not outcomes.strip(b"WSAU")))

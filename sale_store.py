@@ -1,23 +1,27 @@
-"""Sales in Redis: the key layout, the admission script and the admin operations.
+"""Sales in Redis: the key layout, the admission script and the sale's terms.
 
-One sale (an "item") lives in two keys that share the Redis Cluster hash tag `{item}`,
-so every script call touches one slot:
+One sale (an "item") lives in keys that share the Redis Cluster hash tag `{item}`, so
+every script call touches one slot:
 
   seckill:{item}          hash: stock, sold, presold, seq, tag, created, per_user,
-                          counted, starts_at, ends_at (ms since the epoch, optional)
-  seckill:{item}:orders   stream: one entry per batch with wins (see orders_in_entry)
-  seckill:{item}:buyers   hash: named user -> units won (per-user limits)
+                          hold_seconds, starts_at, ends_at (ms since the epoch, optional),
+                          and counters pending, confirmed, cancelled, expired
+  seckill:{item}:orders   stream: what happened, for downstream systems (order_book.py)
+  seckill:{item}:buyers   hash: named user -> the seqs of the user's live orders,
+                          space-separated (its length is what per_user limits)
+  seckill:{item}:index    zset: each win entry of the stream, scored by its first seq
+  seckill:{item}:state    hash: seq -> confirmed | cancelled | expired (none: live)
+  seckill:{item}:holds    zset: each win entry with a hold, scored by its deadline (ms)
 
-`stock` is the number of units for sale, `sold` how many are gone, `presold` the part
-of `sold` that was sold before this server (`create --sold K`; those have no orders).
-`seq` numbers the units handed out and never goes back; an order id is `<tag>-<seq>`,
-where `tag` is fixed when the sale is created, so ids stay unique even when a sale is
-deleted and created again. `sold - presold` == the orders in the stream, always.
+and every item's name is in the set `seckill:items` (the admin list and the hold
+sweeper read it; it is outside the hash tag, so it is written beside the sale, not in
+the same atomic call).
 
-One stream entry per batch, listing its wins, rather than one per win: measured on the
-admission path at 100 connections it cut the script's time in Redis from ~110 to ~30 us
-per call and raised throughput by 13-20% (README, "Benchmark"). `orders_in_entry()`
-expands an entry into its orders.
+`stock` is the number of units for sale, `sold` how many are taken (a cancelled or
+expired order gives its unit back), `presold` the part sold before this server
+(`create --sold K`; those have no orders). `seq` numbers the units handed out and never
+goes back; an order id is `<tag>-<seq>`, where `tag` is fixed when the sale is created,
+so ids stay unique even when a sale is deleted and created again.
 
 The request path never creates a sale: a missing hash is an unknown item (404), so a
 Redis that lost its data fails closed instead of selling again (the seed's SETNX
@@ -26,6 +30,7 @@ re-seeded the counter and oversold).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -34,8 +39,15 @@ from typing import Any
 from redis.asyncio import Redis
 
 KEY_PREFIX = "seckill:"
+ITEMS_KEY = "seckill:items"
 ITEM_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+ITEM_RULE = "item names are 1-64 characters of A-Z a-z 0-9 _ . : -"
 MAX_STOCK = 10**15  # below 2**53, so Lua's doubles count every unit exactly
+# A user's live orders are listed in one hash field; this bounds it. A limit is checked
+# against that list, so it can be no higher (a sale without a limit lists a user's first
+# MAX_PER_USER live orders and no more).
+MAX_PER_USER = 1000
+MAX_HOLD_SECONDS = 7 * 24 * 3600  # a week: a hold is for paying, not for storing stock
 BATCH_RESULT_TTL = 60  # seconds a batch's answer is kept for a replay of the same call
 
 # The seed's demo: 100 units with 95 gone, so `ab -c 100 -n 200 /limit` lets 5 win.
@@ -56,95 +68,155 @@ def buyers_key(item: str) -> str:
     return f"{KEY_PREFIX}{{{item}}}:buyers"
 
 
+def index_key(item: str) -> str:
+    return f"{KEY_PREFIX}{{{item}}}:index"
+
+
+def state_key(item: str) -> str:
+    return f"{KEY_PREFIX}{{{item}}}:state"
+
+
+def holds_key(item: str) -> str:
+    return f"{KEY_PREFIX}{{{item}}}:holds"
+
+
 def batch_key(item: str, batch_id: str) -> str:
     return f"{KEY_PREFIX}{{{item}}}:batch:{batch_id}"
+
+
+def sale_keys(item: str) -> tuple[str, str, str, str, str, str]:
+    """The keys of every order script, in the order they take them (KEYS[1..6])."""
+    return (sale_key(item), orders_key(item), buyers_key(item), index_key(item), state_key(item),
+            holds_key(item))
+
+
+def admit_keys(item: str, batch_id: str) -> tuple[str, ...]:
+    """ADMIT_LUA's keys: the sale's six, then the batch's result key."""
+    return (*sale_keys(item), batch_key(item, batch_id))
 
 
 def valid_item(item: str) -> bool:
     return ITEM_RE.fullmatch(item) is not None
 
 
-def orders_in_entry(fields: Mapping[bytes, bytes]) -> list[dict[str, str | int]]:
-    """The orders one stream entry records, as {order, seq, user, batch, ts}.
+# Lua shared by the scripts that read or change orders (this one and order_book's).
+# KEYS: sale, orders, buyers, index, state, holds (sale_keys()).
+LUA_HELPERS = r"""
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function fmt(n) return string.format('%d', n) end
 
-    An entry's fields: units `first` .. `first + count - 1` of the sale tagged `tag`, won
-    by `users` (newline-separated, in the same order; "" = anonymous), in batch `batch`,
-    at `ts` (Redis server time, ms). User ids are printable, so they hold no newline."""
-    first, count, tag = int(fields[b"first"]), int(fields[b"count"]), fields[b"tag"].decode()
-    users = fields[b"users"].decode().split("\n")
-    batch, ts = fields[b"batch"].decode(), int(fields[b"ts"])
-    return [
-        {"order": f"{tag}-{first + i}", "seq": first + i, "user": users[i], "batch": batch, "ts": ts}
-        for i in range(count)
-    ]
+-- The live order seqs of each named user in `users`, as lists of strings (one HMGET
+-- per 1000 names); anonymous requests ('') have none.
+local function lists_of(users)
+  local lists, names = {}, {}
+  for _, user in ipairs(users) do
+    if user ~= '' and not lists[user] then lists[user] = {}; names[#names + 1] = user end
+  end
+  for first = 1, #names, 1000 do
+    local chunk = {unpack(names, first, math.min(first + 999, #names))}
+    local values = redis.call('HMGET', KEYS[3], unpack(chunk))
+    for i, user in ipairs(chunk) do
+      if values[i] then
+        for seq in string.gmatch(values[i], '%d+') do table.insert(lists[user], seq) end
+      end
+    end
+  end
+  return lists
+end
 
+-- Take `seq` (a string) out of `user`'s live orders: the slot is free again.
+local function unlist(user, seq)
+  if user == '' then return end
+  local list = redis.call('HGET', KEYS[3], user)
+  if not list then return end
+  local kept = {}
+  for s in string.gmatch(list, '%d+') do if s ~= seq then kept[#kept + 1] = s end end
+  if #kept == 0 then redis.call('HDEL', KEYS[3], user)
+  else redis.call('HSET', KEYS[3], user, table.concat(kept, ' ')) end
+end
+
+-- The stream entry that recorded the win of unit `seq`, as a table of its fields
+-- (plus `id`), or nil if no win has that seq.
+local function won_entry(seq)
+  local hit = redis.call('ZREVRANGEBYSCORE', KEYS[4], seq, '-inf', 'LIMIT', 0, 1)
+  if #hit == 0 then return nil end
+  local got = redis.call('XRANGE', KEYS[2], hit[1], hit[1])
+  if #got == 0 then return nil end
+  local entry = {id = hit[1]}
+  local flat = got[1][2]
+  for i = 1, #flat, 2 do entry[flat[i]] = flat[i + 1] end
+  if seq >= tonumber(entry.first) + tonumber(entry.count) then return nil end
+  return entry
+end
+
+-- The user who won unit `seq` of a win entry.
+local function user_at(entry, seq)
+  local skip = seq - tonumber(entry.first)
+  for user in string.gmatch(entry.users .. '\n', '([^\n]*)\n') do
+    if skip == 0 then return user end
+    skip = skip - 1
+  end
+  return ''
+end
+
+-- End live order `seq` as `state` (cancelled or expired): its unit goes back to stock
+-- and its user's slot is free. `pending`: it was an unconfirmed hold.
+local function end_order(seq, user, state, pending)
+  redis.call('HSET', KEYS[5], fmt(seq), state)
+  redis.call('HINCRBY', KEYS[1], 'sold', -1)
+  redis.call('HINCRBY', KEYS[1], state, 1)
+  if pending then redis.call('HINCRBY', KEYS[1], 'pending', -1) end
+  unlist(user, fmt(seq))
+end
+"""
 
 # Admission for one batch of one item, atomically.
-# KEYS: sale hash, orders stream, batch result key, buyers hash.
+# KEYS: admit_keys(): the sale's six keys, then the batch result key (KEYS[7]).
 # ARGV: batch id, then the user of each request in arrival order ('' = anonymous).
-# Reply: {} for an unknown item, else {granted, remaining after, first seq, tag, outcomes}:
+# Reply: {} for an unknown item, else {granted, remaining after, first seq, tag, outcomes
+# [, hold_until]}:
 #  - outcomes '': the first `granted` requests won, the rest found it sold out;
 #  - 'N' (with a 6th element, ms until the start) or 'E': the sale has not started or has
 #    ended, for every request; remaining is then -1 (unknown: nobody looked);
 #  - else one letter per request: W won (the k-th W has seq first+k-1), S sold out,
-#    A already bought `per_user` units, U no user given where per_user needs one.
-# Winners are granted in arrival order and recorded in ONE stream entry. A sale that has
-# (or once had) a per_user limit is marked `counted`, and its named winners are counted in
-# the buyers hash (user -> units won) that the limit is checked against; a sale without
-# one skips that work (measured: it halves the script's time per call). So a limit can be
-# added to a sale only before its first order (UPDATE_LUA), or the counts would be short.
-# The reply is stored under the batch id in the same atomic call, and a call whose batch
-# id is already stored returns that reply and changes nothing: a command that redis-py
-# resends after a lost reply cannot grant twice. Time is Redis server time, so every
-# worker and host agrees on when a sale starts.
-ADMIT_LUA = """
-local done = redis.call('GET', KEYS[3])
+#    A already holds `per_user` live orders, U no user given where per_user needs one;
+#  - hold_until (ms): the sale holds its wins; each is pending until then.
+# Winners are granted in arrival order and recorded in ONE stream entry, indexed by its
+# first seq (and by its deadline when held). A named winner's seq is added to the
+# user's live list, which the limit counts. The reply is stored under the batch id in
+# the same atomic call, and a call whose batch id is already stored returns that reply
+# and changes nothing: a command resent after a lost reply cannot grant twice. Time is
+# Redis server time, so every worker and host agrees on when a sale starts.
+ADMIT_LUA = LUA_HELPERS + r"""
+local done = redis.call('GET', KEYS[7])
 if done then return cjson.decode(done) end
 local sale = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'seq', 'tag', 'per_user',
-                        'starts_at', 'ends_at', 'counted')
+                        'starts_at', 'ends_at', 'hold_seconds')
 if not sale[1] then return {} end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now = now_ms()
 local starts, ends = tonumber(sale[6]), tonumber(sale[7])
-
--- Units won so far by each named user in `users` (one HMGET per 1000 names).
-local function owned_by(users)
-  local owned, names = {}, {}
-  for _, user in ipairs(users) do
-    if user ~= '' and not owned[user] then owned[user] = 0; names[#names + 1] = user end
-  end
-  for first = 1, #names, 1000 do
-    local chunk = {unpack(names, first, math.min(first + 999, #names))}
-    local counts = redis.call('HMGET', KEYS[4], unpack(chunk))
-    for i, user in ipairs(chunk) do owned[user] = tonumber(counts[i]) or 0 end
-  end
-  return owned
-end
-
 local reply
-if starts and now_ms < starts then
-  reply = {'0', '-1', '0', sale[4], 'N', string.format('%d', starts - now_ms)}
-elseif ends and now_ms >= ends then
+if starts and now < starts then
+  reply = {'0', '-1', '0', sale[4], 'N', fmt(starts - now)}
+elseif ends and now >= ends then
   reply = {'0', '-1', '0', sale[4], 'E'}
 else
   local stock, sold, seq = tonumber(sale[1]), tonumber(sale[2]), tonumber(sale[3])
   local per_user = tonumber(sale[5]) or 0
   local remaining = stock - sold
-  local winners, outcomes = {}, ''
-  local owned
+  local winners, outcomes, lists = {}, '', nil
   if per_user == 0 then
     for i = 1, math.min(#ARGV - 1, remaining) do winners[i] = ARGV[i + 1] end
-    if sale[8] then  -- the sale had a limit once: keep its counts true
-      owned = owned_by(winners)
-      for _, user in ipairs(winners) do
-        if user ~= '' then owned[user] = owned[user] + 1 end
-      end
-    end
+    lists = lists_of(winners)
   else
     local users = {}  -- (no unpack: Lua's stack holds ~8000 values, a batch may hold more)
     for i = 2, #ARGV do users[i - 1] = ARGV[i] end
-    local codes = {}
-    owned = owned_by(users)
+    lists = lists_of(users)
+    local codes, owned = {}, {}
+    for user, list in pairs(lists) do owned[user] = #list end
     for i, user in ipairs(users) do
       if user == '' then
         codes[i] = 'U'
@@ -161,37 +233,51 @@ else
     outcomes = table.concat(codes)
   end
   local granted = #winners
+  reply = {fmt(granted), fmt(remaining - granted), fmt(seq + 1), sale[4], outcomes}
   if granted > 0 then
-    redis.call('XADD', KEYS[2], '*', 'first', string.format('%d', seq + 1),
-               'count', granted, 'tag', sale[4], 'users', table.concat(winners, '\\n'),
-               'batch', ARGV[1], 'ts', string.format('%d', now_ms))
+    local hold = tonumber(sale[8]) or 0
+    local fields = {'event', 'won', 'first', fmt(seq + 1), 'count', fmt(granted), 'tag', sale[4],
+                    'users', table.concat(winners, '\n'), 'batch', ARGV[1], 'ts', fmt(now)}
+    if hold > 0 then
+      reply[6] = fmt(now + hold * 1000)
+      fields[#fields + 1] = 'hold_until'
+      fields[#fields + 1] = reply[6]
+    end
+    local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+    redis.call('ZADD', KEYS[4], seq + 1, id)
+    if hold > 0 then
+      redis.call('ZADD', KEYS[6], reply[6], id)
+      redis.call('HINCRBY', KEYS[1], 'pending', granted)
+    end
     redis.call('HINCRBY', KEYS[1], 'sold', granted)
     redis.call('HINCRBY', KEYS[1], 'seq', granted)
-    if owned then  -- the named winners' new counts, one HSET per 500 of them
-      local counts, seen = {}, {}
-      for _, user in ipairs(winners) do
-        if user ~= '' and not seen[user] then
-          seen[user] = true
-          counts[#counts + 1] = user
-          counts[#counts + 1] = owned[user]
-        end
-      end
-      for first = 1, #counts, 1000 do
-        redis.call('HSET', KEYS[4], unpack(counts, first, math.min(first + 999, #counts)))
+    -- The named winners' live lists, one HSET per 500 users.
+    local changed, seen = {}, {}
+    for i, user in ipairs(winners) do
+      local list = lists[user]
+      if list and #list < MAX_PER_USER then
+        list[#list + 1] = fmt(seq + i)
+        if not seen[user] then seen[user] = true; changed[#changed + 1] = user end
       end
     end
+    local pairs_ = {}
+    for _, user in ipairs(changed) do
+      pairs_[#pairs_ + 1] = user
+      pairs_[#pairs_ + 1] = table.concat(lists[user], ' ')
+    end
+    for first = 1, #pairs_, 1000 do
+      redis.call('HSET', KEYS[3], unpack(pairs_, first, math.min(first + 999, #pairs_)))
+    end
   end
-  reply = {string.format('%d', granted), string.format('%d', remaining - granted),
-           string.format('%d', seq + 1), sale[4], outcomes}
 end
-redis.call('SET', KEYS[3], cjson.encode(reply), 'EX', BATCH_RESULT_TTL)
+redis.call('SET', KEYS[7], cjson.encode(reply), 'EX', BATCH_RESULT_TTL)
 return reply
-""".replace("BATCH_RESULT_TTL", str(BATCH_RESULT_TTL))
+""".replace("BATCH_RESULT_TTL", str(BATCH_RESULT_TTL)).replace("MAX_PER_USER", str(MAX_PER_USER))
 
 # Create a sale unless it exists. KEYS: sale hash. ARGV: stock, presold, per_user,
-# starts_at, ends_at ('' = no such bound). The tag is Redis server time in base 36 (ms),
-# unique per creation in practice.
-CREATE_LUA = """
+# starts_at, ends_at, hold_seconds ('' = none). The tag is Redis server time in base 36
+# (ms), unique per creation in practice.
+CREATE_LUA = r"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -203,28 +289,22 @@ repeat
 until ms == 0
 redis.call('HSET', KEYS[1], 'stock', ARGV[1], 'sold', ARGV[2], 'presold', ARGV[2],
            'seq', ARGV[2], 'tag', tag, 'created', now[1], 'per_user', ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'starts_at', ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'ends_at', ARGV[5]) end
-if tonumber(ARGV[3]) > 0 then redis.call('HSET', KEYS[1], 'counted', 1) end
+for i, field in ipairs({'starts_at', 'ends_at', 'hold_seconds'}) do
+  if ARGV[i + 3] ~= '' then redis.call('HSET', KEYS[1], field, ARGV[i + 3]) end
+end
 return 1
 """
 
-# Change a sale's terms. KEYS: sale hash. ARGV: stock, per_user, starts_at, ends_at
-# ('' = leave as is, '-' = remove the bound). Refused, changing nothing: -1 if stock would
-# fall below sold, -2 if a per_user limit is added to a sale that has orders and never had
-# one (nobody counted its buyers). 0 if there is no such sale. Atomic, so a purchase
-# never sees half an update.
-UPDATE_LUA = """
-local sale = redis.call('HMGET', KEYS[1], 'sold', 'seq', 'presold', 'counted')
-if not sale[1] then return 0 end
-if ARGV[1] ~= '' and tonumber(ARGV[1]) < tonumber(sale[1]) then return -1 end
-local limit = ARGV[2] ~= '' and tonumber(ARGV[2]) > 0
-if limit and not sale[4] and tonumber(sale[2]) > tonumber(sale[3]) then return -2 end
-if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'stock', ARGV[1]) end
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'per_user', ARGV[2]) end
-if limit then redis.call('HSET', KEYS[1], 'counted', 1) end
-for i, field in ipairs({'starts_at', 'ends_at'}) do
-  local value = ARGV[i + 2]
+# Change a sale's terms. KEYS: sale hash. ARGV: stock, per_user, starts_at, ends_at,
+# hold_seconds ('' = leave as is, '-' = remove). -1, changing nothing, if stock would
+# fall below sold; 0 if there is no such sale. Atomic, so a purchase never sees half an
+# update. A new hold_seconds applies to wins from now on.
+UPDATE_LUA = r"""
+local sold = redis.call('HGET', KEYS[1], 'sold')
+if not sold then return 0 end
+if ARGV[1] ~= '' and tonumber(ARGV[1]) < tonumber(sold) then return -1 end
+for i, field in ipairs({'stock', 'per_user', 'starts_at', 'ends_at', 'hold_seconds'}) do
+  local value = ARGV[i]
   if value == '-' then redis.call('HDEL', KEYS[1], field)
   elseif value ~= '' then redis.call('HSET', KEYS[1], field, value) end
 end
@@ -233,83 +313,150 @@ return 1
 
 
 class SaleError(Exception):
-    """A sale operation refused, with a message for the operator."""
+    """A sale operation refused, with a message for the operator (the admin API's 400)."""
 
 
-def check_terms(stock: int | None = None, sold: int | None = None, per_user: int | None = None,
-                starts_at: int | None = None, ends_at: int | None = None) -> None:
-    """Refuse numbers no sale can have, naming the field."""
-    if stock is not None and not 0 <= stock <= MAX_STOCK:
-        raise SaleError(f"stock must be between 0 and {MAX_STOCK}")
-    if sold is not None and not 0 <= sold <= (stock if stock is not None else MAX_STOCK):
-        raise SaleError("sold must be between 0 and stock")
-    if per_user is not None and not 0 <= per_user <= MAX_STOCK:
-        raise SaleError("per_user must be 0 (no limit) or more")
-    if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+class Conflict(SaleError):
+    """Refused because of the sale's state rather than the request's shape (HTTP 409)."""
+
+
+NO_BOUND = -1  # a term's value meaning "remove it" (update only; JSON null, CLI 'none')
+TERMS = ("stock", "per_user", "starts_at", "ends_at", "hold_seconds")
+_LIMITS = {"stock": MAX_STOCK, "per_user": MAX_PER_USER, "hold_seconds": MAX_HOLD_SECONDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Terms:
+    """What an operator asks of a sale; None = not given. Times in ms since the epoch."""
+
+    stock: int | None = None
+    per_user: int | None = None
+    starts_at: int | None = None
+    ends_at: int | None = None
+    hold_seconds: int | None = None
+
+    def script_args(self) -> list[str]:
+        """As CREATE_LUA/UPDATE_LUA take them: '' = not given, '-' = remove."""
+        return ["" if v is None else "-" if v == NO_BOUND else str(v)
+                for v in (self.stock, self.per_user, self.starts_at, self.ends_at, self.hold_seconds)]
+
+
+def parse_terms(data: Mapping[str, Any], *, creating: bool) -> Terms:
+    """Terms from JSON-shaped values (the admin API's body; the CLI's flags), checked.
+    Numbers are integers from 0 up; times are ISO-8601 strings (UTC unless an offset is
+    given), or null for none (an update removes it; hold_seconds 0 removes holds).
+    Raises SaleError naming the field."""
+    for name in data:
+        if name not in TERMS:
+            raise SaleError(f"unknown field {name!r}: a sale has {', '.join(TERMS)}")
+    values: dict[str, int | None] = {}
+    for name, value in data.items():
+        if name in _LIMITS:
+            if value.__class__ is not int or not 0 <= value <= _LIMITS[name]:
+                raise SaleError(f"{name} must be an integer from 0 to {_LIMITS[name]}")
+            values[name] = value
+        elif value is None:  # no such time: nothing to store on a new sale, removed on an update
+            if not creating:
+                values[name] = NO_BOUND
+        else:
+            values[name] = _parse_time(name, value)
+    if creating and values.get("stock") is None:
+        raise SaleError("stock is required to create a sale")
+    starts, ends = values.get("starts_at"), values.get("ends_at")
+    if starts is not None and ends is not None and NO_BOUND not in (starts, ends) and ends <= starts:
         raise SaleError("ends_at must be after starts_at")
+    return Terms(**values)
 
 
-NO_BOUND = -1  # update_sale(): remove a start or end time
+def _parse_time(name: str, value: object) -> int:
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise SaleError(f"{name} must be an ISO-8601 time like 2026-11-24T20:00:00Z, or null") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
 
 
-def _script_arg(value: int | None) -> str:
-    """A term as CREATE_LUA/UPDATE_LUA take it: '' = not given, '-' = remove (NO_BOUND)."""
-    return "" if value is None else "-" if value == NO_BOUND else str(value)
-
-
-async def create_sale(redis: Redis, item: str, stock: int, sold: int = 0, *, per_user: int = 0,
-                      starts_at: int | None = None, ends_at: int | None = None) -> bool:
-    """Create a sale; False if it already exists (it is left untouched). Times are ms
-    since the epoch, UTC."""
+async def create_sale(redis: Redis, item: str, terms: Terms, sold: int = 0) -> bool:
+    """Create a sale; False if it already exists (it is left untouched)."""
     if not valid_item(item):
-        raise SaleError("item names are 1-64 characters of A-Z a-z 0-9 _ . : -")
-    if NO_BOUND in (starts_at, ends_at):
-        raise SaleError("'none' is for update: a new sale simply has no such time")
-    check_terms(stock, sold, per_user, starts_at, ends_at)
-    created = await redis.eval(CREATE_LUA, 1, sale_key(item), stock, sold, per_user,
-                               _script_arg(starts_at), _script_arg(ends_at))
+        raise SaleError(ITEM_RULE)
+    if terms.stock is None or NO_BOUND in (terms.starts_at, terms.ends_at):
+        raise SaleError("a new sale needs a stock, and has no time to remove")
+    if not 0 <= sold <= terms.stock:
+        raise SaleError("sold must be between 0 and stock")
+    args = terms.script_args()
+    per_user = args.pop(1) or "0"
+    await redis.sadd(ITEMS_KEY, item)  # first: a sale is never missing from the list
+    created = await redis.eval(CREATE_LUA, 1, sale_key(item), args[0], sold, per_user, *args[1:])
     return bool(created)
 
 
-async def update_sale(redis: Redis, item: str, *, stock: int | None = None, per_user: int | None = None,
-                      starts_at: int | None = None, ends_at: int | None = None) -> bool:
-    """Change what is given (NO_BOUND removes a time); False if there is no such sale."""
-    check_terms(stock, None, per_user,
-                None if starts_at == NO_BOUND else starts_at, None if ends_at == NO_BOUND else ends_at)
-    done = await redis.eval(UPDATE_LUA, 1, sale_key(item), *map(_script_arg, (stock, per_user, starts_at, ends_at)))
+async def update_sale(redis: Redis, item: str, terms: Terms) -> bool:
+    """Change what the terms give; False if there is no such sale. Conflict if the stock
+    would fall below what is sold."""
+    done = await redis.eval(UPDATE_LUA, 1, sale_key(item), *terms.script_args())
     if done == -1:
-        raise SaleError("stock cannot go below the units already sold")
-    if done == -2:
-        raise SaleError("per_user can be added only before the first order (or at create)")
+        raise Conflict("stock cannot go below the units already sold")
+    if done:
+        await redis.sadd(ITEMS_KEY, item)  # (a sale made before the list existed)
     return bool(done)
 
 
-def _iso(ms: bytes | None) -> str | None:
+def iso(ms: bytes | int | None) -> str | None:
     if ms is None:
         return None
     return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
-async def sale_status(redis: Redis, item: str) -> dict[str, Any] | None:
-    fields = await redis.hmget(sale_key(item), "stock", "sold", "presold", "seq", "per_user",
-                               "starts_at", "ends_at")
+_STATUS_FIELDS = ("stock", "sold", "presold", "seq", "per_user", "hold_seconds", "pending", "confirmed",
+                  "cancelled", "expired", "starts_at", "ends_at", "tag")
+
+
+def _status(item: str, fields: list[Any]) -> dict[str, Any] | None:
     if fields[0] is None:
         return None
-    stock, sold, presold, seq, per_user = (int(v or 0) for v in fields[:5])
+    (stock, sold, presold, seq, per_user, hold, pending, confirmed, cancelled,
+     expired) = (int(v or 0) for v in fields[:10])
     return {
         "item": item,
         "stock": stock,
         "sold": sold,
         "remaining": stock - sold,
         "presold": presold,
-        "orders": seq - presold,  # recorded in the stream
+        "orders": seq - presold,  # every win the stream records, live or not
+        "pending": pending,  # holds not yet confirmed (nor expired)
+        "confirmed": confirmed,
+        "cancelled": cancelled,
+        "expired": expired,
         "per_user": per_user,
-        "starts_at": _iso(fields[5]),  # type: ignore[arg-type]
-        "ends_at": _iso(fields[6]),  # type: ignore[arg-type]
+        "hold_seconds": hold,
+        "starts_at": iso(fields[10]),
+        "ends_at": iso(fields[11]),
+        "tag": (fields[12] or b"").decode(),
     }
+
+
+async def sale_status(redis: Redis, item: str) -> dict[str, Any] | None:
+    return _status(item, await redis.hmget(sale_key(item), _STATUS_FIELDS))
+
+
+async def list_sales(redis: Redis) -> list[dict[str, Any]]:
+    """Every sale in `seckill:items`, by name (names whose sale is gone are dropped)."""
+    names: Any = await redis.smembers(ITEMS_KEY)
+    items = sorted(name.decode() for name in names)
+    async with redis.pipeline(transaction=False) as pipe:
+        for item in items:
+            pipe.hmget(sale_key(item), _STATUS_FIELDS)
+        rows = await pipe.execute()
+    return [status for item, row in zip(items, rows, strict=True) if (status := _status(item, row))]
 
 
 async def delete_sale(redis: Redis, item: str) -> bool:
     """Delete a sale and its orders; False if there was none."""
-    deleted = await redis.delete(sale_key(item), orders_key(item), buyers_key(item))
+    deleted = await redis.delete(*sale_keys(item))
+    await redis.srem(ITEMS_KEY, item)
     return bool(deleted)

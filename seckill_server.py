@@ -28,7 +28,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlsplit
 
@@ -37,7 +36,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 import batcher as batching
+import order_book
 import sale_store
+from admin_api import AdminApi
 from http_connection import Clock, HttpConnection, Registry, Slot
 from protocol import KNOWN_METHODS, HttpError, Request
 from redis_runner import (
@@ -81,6 +82,8 @@ class Config:
     backlog: int = 2048
     demo: bool = True
     log_level: str = "info"
+    admin_token: str | None = dataclasses.field(default=None, repr=False)  # never in a log
+    sweep_interval: float = 1.0
 
 
 # --- Routes -------------------------------------------------------------------------
@@ -119,10 +122,15 @@ class Purchase(Slot):
         self.item = item
         self.mode = mode
 
-    def finish(self, outcome: int, tag: bytes, value: int) -> None:
+    def finish(self, outcome: int, tag: bytes, value: int, until: int = 0) -> None:
         if outcome == batching.WON:
             body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d}' % (
                 self.item.encode(), tag, value, value,
+            )
+            self.set(self.app.responses.build(200, body, self.mode))
+        elif outcome == batching.HELD:
+            body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d,"state":"pending","hold_until":"%s"}' % (
+                self.item.encode(), tag, value, value, (sale_store.iso(until) or "").encode(),
             )
             self.set(self.app.responses.build(200, body, self.mode))
         elif outcome == batching.NOT_STARTED:
@@ -139,6 +147,7 @@ class SeckillApp:
         self.config = config
         self.redis = redis
         self.batcher = batcher
+        self.admin = AdminApi(redis, config.admin_token)
         self.responses = Responses()
         self._items: dict[bytes, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -167,6 +176,11 @@ class SeckillApp:
         path = request.path
         if path == b"/limit":
             return self._purchase(request, conn, b"limit", mode)
+        if path[:7] == b"/admin/":
+            refusal = self.admin.check(request)
+            if refusal is not None:
+                return self.responses.build(*refusal[:2], mode, refusal[2])
+            return self._later(conn, mode, request, self.admin.handle(request), cache=False)
         known = path.startswith(b"/stock/") or path in (b"/healthz", b"/readyz")
         if not known:
             return self.responses.get(404, _NOT_FOUND, mode)
@@ -191,9 +205,13 @@ class SeckillApp:
 
     # Purchases: the hot path.
     def _purchase(self, request: Request, conn: HttpConnection, raw_item: bytes, mode: int) -> bytes | Slot:
+        item = self._items.get(raw_item)
+        if item is None:
+            if raw_item[-6:] == b"/order":
+                return self._order_lookup(request, conn, raw_item[:-6], mode)
+            item = self._item(raw_item)
         if request.method not in _PURCHASE_METHODS:
             return self.responses.get(405, json_body({"error": "method not allowed"}), mode, _ALLOW_PURCHASE)
-        item = self._items.get(raw_item) or self._item(raw_item)
         user = _user(request) if request.query or request.body else b""
         batcher = self.batcher
         if batcher.sold_out(item):
@@ -220,8 +238,26 @@ class SeckillApp:
             memo[key] = answer
         return answer
 
-    # Slow paths: one Redis call each, answered through a slot.
-    def _later(self, conn: HttpConnection, mode: int, request: Request, work: Any) -> Slot:
+    def _order_lookup(self, request: Request, conn: HttpConnection, raw_item: bytes, mode: int) -> bytes | Slot:
+        """GET /seckill/{item}/order?user=U: the user's live orders, e.g. after a 503."""
+        if request.method != b"GET" and request.method != b"HEAD":
+            return self.responses.get(405, json_body({"error": "method not allowed"}), mode, _ALLOW_GET)
+        item = self._item(raw_item)
+        user = _user(request).decode()
+        if not user:
+            raise HttpError(400, "user is required: ?user=...")
+        return self._later(conn, mode, request, self._user_orders(item, user), cache=False)
+
+    async def _user_orders(self, item: str, user: str) -> tuple[int, bytes, bytes]:
+        orders = await order_book.user_orders(self.redis, item, user)
+        if orders is None:
+            return 404, json_body({"result": "unknown_item", "item": item}), b""
+        if not orders:
+            return 404, json_body({"result": "no_order", "item": item, "user": user}), b""
+        return 200, json_body({"item": item, "user": user, "orders": orders}), b""
+
+    # Slow paths: a few Redis calls each, answered through a slot.
+    def _later(self, conn: HttpConnection, mode: int, request: Request, work: Any, cache: bool = True) -> Slot:
         slot = conn.new_slot()
         head = request.method == b"HEAD"
 
@@ -231,7 +267,10 @@ class SeckillApp:
             except (TimeoutError, RedisError, OSError) as exc:
                 log.debug("redis call failed: %r", exc)
                 status, body, extra = 503, _UNAVAILABLE, _RETRY_AFTER
-            answer = self.responses.get(status, body, mode, extra)
+            if cache:
+                answer = self.responses.get(status, body, mode, extra)
+            else:
+                answer = self.responses.build(status, body, mode, extra)
             slot.set(strip_body(answer) if head else answer)
 
         task = asyncio.get_running_loop().create_task(run())
@@ -333,8 +372,10 @@ async def serve(config: Config, abort: Callable[[], None] = lambda: None) -> Non
         ticker[0] = loop.call_at(clock.now + 1.0, tick)
 
     ticker = [loop.call_later(1.0, tick)]
+    sweeper = loop.create_task(order_book.run_sweeper(redis, config.sweep_interval))
     log.info("worker %d listening on %s:%d", os.getpid(), config.host, config.port)
     await stop.wait()
+    sweeper.cancel()
 
     # Graceful: stop accepting, answer what was read, close idle keep-alives, exit.
     deadline = loop.time() + config.graceful_timeout
@@ -392,7 +433,7 @@ async def _prepare(config: Config) -> None:
     try:
         await redis.script_load(sale_store.ADMIT_LUA)
         if config.demo and await sale_store.create_sale(
-            redis, sale_store.DEMO_ITEM, sale_store.DEMO_STOCK, sale_store.DEMO_SOLD
+            redis, sale_store.DEMO_ITEM, sale_store.Terms(stock=sale_store.DEMO_STOCK), sale_store.DEMO_SOLD
         ):
             log.info("created the demo sale %r: stock %d, %d already sold",
                      sale_store.DEMO_ITEM, sale_store.DEMO_STOCK, sale_store.DEMO_SOLD)
@@ -607,20 +648,18 @@ def build_serve_parser() -> argparse.ArgumentParser:
                         help="do not create the demo sale 'limit' (stock 100, 95 sold) at start")
     parser.add_argument("--log-level", default=d.log_level,
                         choices=["debug", "info", "warning", "error"], help="server log level")
+    parser.add_argument("--admin-token", default=None,
+                        metavar="TOKEN", help="enables the /admin/ API for `Authorization: Bearer TOKEN` "
+                        "(default: $SECKILL_ADMIN_TOKEN; unset: /admin/ is 404). Prefer the variable: "
+                        "a flag shows in ps")
+    parser.add_argument("--sweep-interval", type=_bounded(float, 0.05, 3600), default=d.sweep_interval,
+                        metavar="SECONDS", help="how often each worker expires unpaid holds")
     return parser
 
 
-def _utc_ms(text: str) -> int:
-    """An ISO-8601 time (UTC when no offset is given) as ms since the epoch; "none" = -1."""
-    if text.lower() == "none":
-        return sale_store.NO_BOUND
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 time like 2026-11-24T20:00:00Z") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
+def _time_arg(text: str) -> str | None:
+    """A --starts-at/--ends-at value as the admin API takes it: 'none' is JSON null."""
+    return None if text.lower() == "none" else text
 
 
 def build_admin_parser() -> argparse.ArgumentParser:
@@ -629,75 +668,114 @@ def build_admin_parser() -> argparse.ArgumentParser:
     commands.add_parser = functools.partial(  # type: ignore[method-assign]
         commands.add_parser, formatter_class=_HelpFormatter
     )
-    count = _bounded(int, 0, sale_store.MAX_STOCK)
     create = commands.add_parser("create", help="create a sale (refused if it exists)")
     update = commands.add_parser("update", help="change a sale's terms while it runs")
     for sub in (create, update):
         sub.add_argument("item")
-        sub.add_argument("--stock", type=count, required=sub is create, help="units for sale")
-        sub.add_argument("--per-user", type=count, default=0 if sub is create else None,
-                         help="units one user may win (0: no limit; a limit needs ?user=)")
-        sub.add_argument("--starts-at", type=_utc_ms, metavar="TIME",
+        # Absent unless given; range checks are sale_store.parse_terms', as for the admin API.
+        sub.argument_default = argparse.SUPPRESS
+        sub.add_argument("--stock", type=int, help="units for sale")
+        sub.add_argument("--per-user", type=int, help="live orders one user may hold (0: no limit; "
+                         "a limit needs ?user=)")
+        sub.add_argument("--starts-at", type=_time_arg, metavar="TIME",
                          help="ISO-8601 start (UTC unless an offset is given); before it: 403 not_started"
                               + ("; 'none' removes it" if sub is update else ""))
-        sub.add_argument("--ends-at", type=_utc_ms, metavar="TIME",
+        sub.add_argument("--ends-at", type=_time_arg, metavar="TIME",
                          help="ISO-8601 end; from it on: 403 ended" + ("; 'none' removes it" if sub is update else ""))
-    create.add_argument("--sold", type=count, default=0, help="units already sold elsewhere")
-    for name, text in (("status", "print a sale's stock as JSON"),
+        sub.add_argument("--hold-seconds", type=int, metavar="SECONDS",
+                         help="a win is a hold, pending until confirmed or this passes (0: no holds)")
+        sub.argument_default = None
+    create.add_argument("--sold", type=_bounded(int, 0, sale_store.MAX_STOCK), default=0,
+                        help="units already sold elsewhere")
+    for name, text in (("status", "print a sale's counts as JSON"),
                        ("delete", "delete a sale and its orders")):
         commands.add_parser(name, help=text).add_argument("item")
+    commands.add_parser("list", help="print every sale's counts, one JSON line each")
+    orders = commands.add_parser("orders", help="print a sale's order events as JSON lines")
+    orders.add_argument("item")
+    orders.add_argument("--follow", action="store_true", help="then wait for new ones (until Ctrl-C)")
+    orders.add_argument("--after", default="0", metavar="ID", help="start after this stream entry id")
+    for name, text in (("cancel", "cancel an order: its unit goes back to stock, once"),
+                       ("confirm", "confirm a pending hold (it was paid)")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("item")
+        sub.add_argument("order", help="order id, <tag>-<seq>")
     for sub in commands.choices.values():
         _add_redis_flags(sub)
     return parser
 
 
-ADMIN_COMMANDS = ("create", "update", "status", "delete")
+ADMIN_COMMANDS = ("create", "update", "status", "delete", "list", "orders", "cancel", "confirm")
 
 
 def main_admin(argv: Sequence[str]) -> int:
     args = build_admin_parser().parse_args(argv)
-    if not sale_store.valid_item(args.item):
-        die("item names are 1-64 characters of A-Z a-z 0-9 _ . : -", EXIT_USAGE)
+    if getattr(args, "item", None) is not None and not sale_store.valid_item(args.item):
+        die(sale_store.ITEM_RULE, EXIT_USAGE)
+    if args.command in ("create", "update"):  # checked before looking for Redis
+        given = {name: getattr(args, name) for name in sale_store.TERMS if hasattr(args, name)}
+        try:
+            args.terms = sale_store.parse_terms(given, creating=args.command == "create")
+        except sale_store.SaleError as exc:
+            die(str(exc), EXIT_USAGE)
     url = args.redis
     if url is None:
         url = DEFAULT_LOCAL_URL if answers("127.0.0.1", 6379) else recorded_url(args.data_dir)
         if url is None:
             die("no Redis found: pass --redis, or start the server first", EXIT_REDIS)
-    return asyncio.run(_admin(args, url))
+    try:
+        return asyncio.run(_admin(args, url))
+    except KeyboardInterrupt:  # orders --follow ends this way
+        return 0
 
 
 async def _admin(args: argparse.Namespace, url: str) -> int:
     redis = make_redis(url, 5.0)
     try:
-        if args.command in ("create", "update"):
-            try:
-                if args.command == "create":
-                    done = await sale_store.create_sale(
-                        redis, args.item, args.stock, args.sold, per_user=args.per_user,
-                        starts_at=args.starts_at, ends_at=args.ends_at)
-                else:
-                    done = await sale_store.update_sale(
-                        redis, args.item, stock=args.stock, per_user=args.per_user,
-                        starts_at=args.starts_at, ends_at=args.ends_at)
-            except sale_store.SaleError as exc:
-                die(str(exc), EXIT_USAGE)
-            if not done:
-                die(f"sale {args.item!r} " + ("already exists" if args.command == "create" else "does not exist"), 1)
-            print(json.dumps(await sale_store.sale_status(redis, args.item)))
-        elif args.command == "status":
-            status = await sale_store.sale_status(redis, args.item)
-            if status is None:
-                die(f"no sale {args.item!r}", 1)
-            print(json.dumps(status))
-        elif args.command == "delete":
-            if not await sale_store.delete_sale(redis, args.item):
-                die(f"no sale {args.item!r}", 1)
-            print(json.dumps({"deleted": args.item}))
+        try:
+            await _admin_command(redis, args)
+        except order_book.OrderError as exc:
+            die(str(exc), 1)
+        except sale_store.Conflict as exc:  # (order_book.Refused too)
+            die(str(exc), 1)
+        except sale_store.SaleError as exc:
+            die(str(exc), EXIT_USAGE)
         return 0
     except (RedisError, OSError) as exc:
         die(f"Redis at {mask_url(url)}: {exc}", EXIT_REDIS)
     finally:
         await redis.aclose()
+
+
+async def _admin_command(redis: Redis, args: argparse.Namespace) -> None:
+    command = args.command
+    if command == "create":
+        if not await sale_store.create_sale(redis, args.item, args.terms, args.sold):
+            die(f"sale {args.item!r} already exists", 1)
+        print(json.dumps(await sale_store.sale_status(redis, args.item)))
+    elif command == "update":
+        if not await sale_store.update_sale(redis, args.item, args.terms):
+            die(f"sale {args.item!r} does not exist", 1)
+        print(json.dumps(await sale_store.sale_status(redis, args.item)))
+    elif command == "status":
+        status = await sale_store.sale_status(redis, args.item)
+        if status is None:
+            die(f"no sale {args.item!r}", 1)
+        print(json.dumps(status))
+    elif command == "delete":
+        if not await sale_store.delete_sale(redis, args.item):
+            die(f"no sale {args.item!r}", 1)
+        print(json.dumps({"deleted": args.item}))
+    elif command == "list":
+        for status in await sale_store.list_sales(redis):
+            print(json.dumps(status))
+    elif command == "orders":
+        if await sale_store.sale_status(redis, args.item) is None:
+            die(f"no sale {args.item!r}", 1)
+        async for record in order_book.follow(redis, args.item, args.after, 1000 if args.follow else None):
+            print(json.dumps(record), flush=True)
+    else:
+        print(json.dumps(await order_book.change_order(redis, args.item, args.order, command)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -707,6 +785,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "serve":
         argv = argv[1:]
     args = build_serve_parser().parse_args(argv)
+    if args.admin_token is None:  # (not the flag's default: --help would print it)
+        args.admin_token = os.environ.get("SECKILL_ADMIN_TOKEN") or None
     config = Config(**vars(args))
     logging.basicConfig(
         level=config.log_level.upper(),

@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -24,6 +25,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import order_book  # noqa: E402
 import sale_store  # noqa: E402
 from redis_runner import EmbeddedRedis, free_port  # noqa: E402
 
@@ -45,20 +47,30 @@ _DEBIAN = {"ab": "apache2-utils", "wrk": "wrk", "nginx": "nginx"}
 
 
 def create_sale(client: redis.Redis, item: str, stock: int, sold: int = 0, per_user: int = 0,
-                starts_at: int | None = None, ends_at: int | None = None) -> None:
+                starts_at: int | None = None, ends_at: int | None = None, hold_seconds: int = 0) -> None:
     """Create a sale with the same script the CLI uses (times in ms since the epoch)."""
     created = client.eval(sale_store.CREATE_LUA, 1, sale_store.sale_key(item), stock, sold, per_user,
-                          "" if starts_at is None else starts_at, "" if ends_at is None else ends_at)
+                          "" if starts_at is None else starts_at, "" if ends_at is None else ends_at,
+                          hold_seconds or "")
+    client.sadd(sale_store.ITEMS_KEY, item)
     assert created == 1
 
 
-def stream_orders(client: redis.Redis, item: str) -> list[dict[str, str | int]]:
-    """Every order the item's stream records, oldest first."""
-    return [
-        order
-        for _, fields in client.xrange(sale_store.orders_key(item))
-        for order in sale_store.orders_in_entry(fields)
-    ]
+def stream_events(client: redis.Redis, item: str) -> list[dict[str, Any]]:
+    """Every record of the item's stream (order_book.records), oldest first."""
+    return [record for entry_id, fields in client.xrange(sale_store.orders_key(item))
+            for record in order_book.records(entry_id, fields)]
+
+
+def stream_orders(client: redis.Redis, item: str) -> list[dict[str, Any]]:
+    """Every win the item's stream records, oldest first."""
+    return [record for record in stream_events(client, item) if record["event"] == "won"]
+
+
+def admit(client: redis.Redis, item: str, batch_id: str, users: list[str]) -> list[Any]:
+    """One admission script call, as the batcher makes it."""
+    keys = sale_store.admit_keys(item, batch_id)
+    return client.eval(sale_store.ADMIT_LUA, len(keys), *keys, batch_id, *users)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")

@@ -146,3 +146,21 @@ async def hammer(port: int, paths: list[list[str]]) -> list[Response]:
 
     results = await asyncio.gather(*(one(p) for p in paths))
     return [r for conn in results for r in conn]
+
+
+# The admin API and purchases, for the tests of sales and orders.
+TOKEN = "s3cret-admin-token"
+
+
+def admin(port: int, method: str, path: str, body: Any = None, token: str | None = TOKEN,
+          raw: bytes | None = None, headers: dict[str, str] | None = None) -> Response:
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    if token is not None:
+        hdrs["Authorization"] = f"Bearer {token}"
+    data = raw if raw is not None else b"" if body is None else json.dumps(body).encode()
+    return fetch(port, method, path, data, hdrs)
+
+
+def buy(port: int, item: str, user: str) -> dict[str, Any]:
+    """One purchase on a fresh connection: its JSON answer."""
+    return fetch(port, "POST", f"/seckill/{item}?user={user}").json()  # type: ignore[no-any-return]

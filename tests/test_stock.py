@@ -12,7 +12,7 @@ import pytest
 import redis
 
 import sale_store
-from conftest import create_sale, require_tool, stream_orders
+from conftest import admit, create_sale, require_tool, stream_orders
 from http_client import Conn, fetch, get, hammer
 
 
@@ -80,30 +80,23 @@ def test_keys_lost_while_serving_answer_404_never_200(start_server, redis_client
     assert fetch(server.port, "GET", "/stock/hat").status == 404
 
 
-def _admit(redis_client: redis.Redis, item: str, batch_id: str, users: list[str]) -> list[bytes]:
-    return redis_client.eval(  # type: ignore[no-any-return]
-        sale_store.ADMIT_LUA, 4, sale_store.sale_key(item), sale_store.orders_key(item),
-        sale_store.batch_key(item, batch_id), sale_store.buyers_key(item), batch_id, *users,
-    )
-
-
 def test_admission_grants_in_order_and_replay_changes_nothing(redis_client: redis.Redis) -> None:
     create_sale(redis_client, "hat", 3, 1)
-    reply = _admit(redis_client, "hat", "b1", ["a", "b", "c", "d"])
+    reply = admit(redis_client, "hat", "b1", ["a", "b", "c", "d"])
     granted, remaining, first_seq = (int(x) for x in reply[:3])
     assert (granted, remaining, first_seq) == (2, 0, 2)
     stream = stream_orders(redis_client, "hat")
     assert [(o["user"], o["seq"]) for o in stream] == [("a", 2), ("b", 3)]  # arrival order wins
     # The same call again, as redis-py would resend it after a lost reply.
-    assert _admit(redis_client, "hat", "b1", ["a", "b", "c", "d"]) == reply
+    assert admit(redis_client, "hat", "b1", ["a", "b", "c", "d"]) == reply
     assert len(stream_orders(redis_client, "hat")) == 2
     assert redis_client.hget(sale_store.sale_key("hat"), "sold") == b"3"
     # A new batch sees the item sold out.
-    assert [int(x) for x in _admit(redis_client, "hat", "b2", ["e"])[:3]] == [0, 0, 4]
+    assert [int(x) for x in admit(redis_client, "hat", "b2", ["e"])[:3]] == [0, 0, 4]
 
 
 def test_admission_of_a_missing_item_creates_nothing(redis_client: redis.Redis) -> None:
-    assert _admit(redis_client, "ghost", "b1", ["a"]) == []
+    assert admit(redis_client, "ghost", "b1", ["a"]) == []
     assert redis_client.keys("*ghost*") == []
 
 
@@ -174,7 +167,7 @@ def test_redis_over_a_unix_socket(start_server, tmp_path) -> None:
 def test_orders_entry_round_trips_users(redis_client: redis.Redis) -> None:
     create_sale(redis_client, "hat", 10)
     users = ["", "alice", "a b,c;d", "ü-用户", ""]
-    assert int(_admit(redis_client, "hat", "b1", users)[0]) == 5
+    assert int(admit(redis_client, "hat", "b1", users)[0]) == 5
     orders = stream_orders(redis_client, "hat")
     assert [o["user"] for o in orders] == users
     assert [o["seq"] for o in orders] == [1, 2, 3, 4, 5]
@@ -210,8 +203,10 @@ def test_malformed_script_replies_are_refused_whole() -> None:
     from batcher import _well_formed
 
     good = [[], [b"1", b"0", b"1", b"t", b""], [b"0", b"-1", b"0", b"t", b"E"],
-            [b"0", b"-1", b"0", b"t", b"N", b"1500"], [b"2", b"0", b"1", b"t", b"WAW"]]
+            [b"0", b"-1", b"0", b"t", b"N", b"1500"], [b"2", b"0", b"1", b"t", b"WAW"],
+            [b"1", b"0", b"1", b"t", b"", b"1764000000000"]]  # the last: a hold
     assert all(_well_formed(reply, 3) for reply in good)
     bad = [None, b"x", [b"1"], [b"1", b"0", b"1", b"t"], [b"1", b"0", b"1", b"t", b"WW"],
-           [b"1", b"0", b"1", b"t", b"WXW"], [b"0", b"-1", b"0", b"t", b"E", b"1"]]
+           [b"1", b"0", b"1", b"t", b"WXW"], [b"0", b"-1", b"0", b"t", b"E", b"1"],
+           [b"1", b"0", b"1", b"t", b"", b"soon"]]
     assert not any(_well_formed(reply, 3) for reply in bad)

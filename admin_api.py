@@ -1,0 +1,164 @@
+"""The admin HTTP API under /admin/: sales and their orders, behind a bearer token.
+
+    GET    /admin/items                                    every sale, with its counts
+    PUT    /admin/items/{item}                             create (201) or update (200)
+    GET    /admin/items/{item}                             one sale
+    DELETE /admin/items/{item}                             delete a sale and its orders
+    GET    /admin/items/{item}/orders?after=ID&limit=N     orders, oldest first
+    POST   /admin/items/{item}/orders/{order}/cancel       unit back to stock, once
+    POST   /admin/items/{item}/orders/{order}/confirm      a pending hold is paid
+
+With no token configured every /admin/ path is 404, as if it did not exist; a missing
+or wrong `Authorization: Bearer` is 401. The token is compared in constant time and
+never logged. Nothing here is on the purchase path: each request is a few Redis calls.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+from urllib.parse import parse_qsl
+
+from redis.asyncio import Redis
+
+import order_book
+import sale_store
+from protocol import HttpError, Request
+from responses import json_body
+
+Answer = tuple[int, bytes, bytes]  # status, body, extra header lines
+
+_CHALLENGE = b'WWW-Authenticate: Bearer realm="seckill admin"\r\n'
+_NOT_FOUND = json_body({"error": "not found"})
+
+
+def _allow(*methods: str) -> bytes:
+    return b"Allow: %s\r\n" % ", ".join(methods).encode()
+
+
+class AdminApi:
+    def __init__(self, redis: Redis, token: str | None) -> None:
+        self.redis = redis
+        self._token = token.encode() if token else None
+
+    def check(self, request: Request) -> Answer | None:
+        """The answer that refuses this request before any work (404, 401), or None."""
+        if self._token is None:
+            return 404, _NOT_FOUND, b""
+        given = request.header(b"authorization") or b""
+        scheme, _, credentials = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self._token):
+            return 401, json_body({"error": "a valid admin token is required (Authorization: Bearer ...)"}), _CHALLENGE
+        return None
+
+    async def handle(self, request: Request) -> Answer:
+        try:
+            return await self._route(request)
+        except order_book.OrderError as exc:
+            return 404, json_body({"error": str(exc)}), b""
+        except order_book.Refused as exc:
+            return 409, json_body({"error": str(exc), "state": exc.state}), b""
+        except sale_store.Conflict as exc:
+            return 409, json_body({"error": str(exc)}), b""
+        except sale_store.SaleError as exc:
+            return 400, json_body({"error": str(exc)}), b""
+        except HttpError as exc:
+            return exc.status, json_body({"error": exc.reason}), b""
+
+    async def _route(self, request: Request) -> Answer:
+        parts = request.path.decode("latin-1").split("/")[2:]  # after "", "admin"
+        method = request.method.decode()
+        if method == "HEAD":
+            method = "GET"
+        if parts[:1] != ["items"] or len(parts) > 6:
+            return 404, _NOT_FOUND, b""
+        if len(parts) == 1:
+            if method != "GET":
+                return 405, json_body({"error": "method not allowed"}), _allow("GET", "HEAD")
+            return 200, json_body({"items": await sale_store.list_sales(self.redis)}), b""
+        item = parts[1]
+        if not sale_store.valid_item(item):
+            raise HttpError(400, sale_store.ITEM_RULE)
+        if len(parts) == 2:
+            return await self._item(method, item, request)
+        if parts[2] != "orders":
+            return 404, _NOT_FOUND, b""
+        if len(parts) == 3:
+            if method != "GET":
+                return 405, json_body({"error": "method not allowed"}), _allow("GET", "HEAD")
+            return await self._orders(item, request)
+        if len(parts) == 5 and parts[4] in ("cancel", "confirm"):
+            if method != "POST":
+                return 405, json_body({"error": "method not allowed"}), _allow("POST")
+            record = await order_book.change_order(self.redis, item, parts[3], parts[4])
+            return 200, json_body(record), b""
+        return 404, _NOT_FOUND, b""
+
+    async def _item(self, method: str, item: str, request: Request) -> Answer:
+        redis = self.redis
+        if method == "GET":
+            status = await sale_store.sale_status(redis, item)
+            if status is None:
+                return 404, json_body({"error": f"no sale {item!r}"}), b""
+            return 200, json_body(status), b""
+        if method == "DELETE":
+            if not await sale_store.delete_sale(redis, item):
+                return 404, json_body({"error": f"no sale {item!r}"}), b""
+            return 200, json_body({"deleted": item}), b""
+        if method != "PUT":
+            return 405, json_body({"error": "method not allowed"}), _allow("GET", "HEAD", "PUT", "DELETE")
+        data = _json_object(request)
+        created = False
+        if await redis.exists(sale_store.sale_key(item)):
+            updated = await sale_store.update_sale(redis, item, sale_store.parse_terms(data, creating=False))
+        else:
+            updated = False
+        if not updated:  # no such sale (or deleted meanwhile): create it
+            created = await sale_store.create_sale(redis, item, sale_store.parse_terms(data, creating=True))
+            if not created:  # created meanwhile by someone else: update it
+                await sale_store.update_sale(redis, item, sale_store.parse_terms(data, creating=False))
+        return (201 if created else 200), json_body(await sale_store.sale_status(redis, item)), b""
+
+    async def _orders(self, item: str, request: Request) -> Answer:
+        query = _query(request, ("after", "limit"))
+        after = 0
+        if "after" in query:
+            try:
+                after = order_book.parse_order(query["after"])[1]
+            except sale_store.SaleError:
+                raise sale_store.SaleError("after must be an order id like <tag>-<seq>") from None
+        limit = order_book.DEFAULT_PAGE
+        if "limit" in query:
+            text = query["limit"]
+            if not text.isdigit() or not 1 <= int(text) <= order_book.MAX_PAGE:
+                raise sale_store.SaleError(f"limit must be an integer from 1 to {order_book.MAX_PAGE}")
+            limit = int(text)
+        page = await order_book.list_orders(self.redis, item, after, limit)
+        if page is None:
+            return 404, json_body({"error": f"no sale {item!r}"}), b""
+        return 200, json_body(page), b""
+
+
+def _json_object(request: Request) -> dict[str, Any]:
+    ctype = (request.header(b"content-type") or b"application/json").split(b";")[0].strip().lower()
+    if ctype != b"application/json":
+        raise HttpError(415, "the body must be application/json")
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError:
+        raise sale_store.SaleError("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise sale_store.SaleError("the body must be a JSON object")
+    return data
+
+
+def _query(request: Request, known: tuple[str, ...]) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(request.query.decode("ascii"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise sale_store.SaleError("malformed query string") from None
+    for name, _ in pairs:
+        if name not in known:
+            raise sale_store.SaleError(f"unknown query parameter {name!r}: this takes {', '.join(known)}")
+    return dict(pairs)
