@@ -126,8 +126,9 @@ end
 return {#seqs, #due}
 """
 
-# A user's live orders. KEYS: sale_keys(). ARGV: user. Reply: {} for no sale, else
-# {tag, seq, state, hold_until, seq, state, hold_until, ...} (hold_until '' if none).
+# A user's live orders, in a sale that lists its buyers. KEYS: sale_keys(). ARGV: user.
+# Reply: {} for no sale, else {tag, seq, state, hold_until, seq, state, hold_until, ...}
+# (hold_until '' if none).
 LOOKUP_LUA = LUA_HELPERS + r"""
 local tag = redis.call('HGET', KEYS[1], 'tag')
 if not tag then return {} end
@@ -193,20 +194,63 @@ async def change_order(redis: Redis, item: str, order: str, action: str) -> dict
     return {"item": item, "order": f"{tag}-{seq}", "seq": seq, "user": user, "state": state}
 
 
-async def user_orders(redis: Redis, item: str, user: str) -> list[dict[str, Any]] | None:
-    """A user's live orders (won, pending or confirmed), oldest first; None if no sale."""
-    reply = await _run(redis, LOOKUP_LUA, item, user)
-    if not reply:
+async def user_orders(redis: Redis, item: str, user: str) -> tuple[list[dict[str, Any]], bool] | None:
+    """A user's live orders (won, pending or confirmed), oldest first, and whether that is
+    all of them; None if there is no such sale. A sale that lists its buyers (it has a
+    limit) answers from the list; another is searched, newest first, through at most
+    MAX_SCAN win entries (a flash sale has far fewer; past that, "not all")."""
+    fields: Any = await redis.hmget(sale_keys(item)[0], "listed", "tag")
+    listed, tag = fields
+    if tag is None:
         return None
-    tag = reply[0].decode()
+    found: list[tuple[int, str, bytes]] = []  # seq, state, hold_until
+    complete = True
+    if listed:
+        reply = await _run(redis, LOOKUP_LUA, item, user)
+        if not reply:
+            return None
+        found = [(int(reply[i]), reply[i + 1].decode(), reply[i + 2]) for i in range(1, len(reply), 3)]
+    else:
+        found, complete = await _search(redis, item, user.encode())
     orders = []
-    for i in range(1, len(reply), 3):
-        seq, state, until = int(reply[i]), reply[i + 1].decode(), reply[i + 2]
-        order: dict[str, Any] = {"order": f"{tag}-{seq}", "seq": seq, "state": state}
+    for seq, state, until in found:
+        order: dict[str, Any] = {"order": f"{tag.decode()}-{seq}", "seq": seq, "state": state}
         if until:
             order["hold_until"] = iso(until)
         orders.append(order)
-    return orders
+    return orders, complete
+
+
+MAX_SCAN = 20_000  # win entries one lookup reads in a sale that does not list its buyers
+
+
+async def _search(redis: Redis, item: str, user: bytes) -> tuple[list[tuple[int, str, bytes]], bool]:
+    """A user's live orders found by reading the stream, and whether it was read whole."""
+    hits: list[tuple[int, bytes]] = []
+    end, scanned, complete = "+", 0, False
+    while scanned < MAX_SCAN:
+        page = min(500, MAX_SCAN - scanned)
+        entries: Any = await redis.xrevrange(orders_key(item), max=end, count=page)
+        scanned += len(entries)
+        complete = len(entries) < page
+        if not entries:
+            break
+        for _, fields in entries:
+            if fields.get(b"event", b"won") == b"won" and user in fields[b"users"]:
+                first = int(fields[b"first"])
+                hits += [(first + i, fields.get(b"hold_until", b""))
+                         for i, name in enumerate(fields[b"users"].split(b"\n")) if name == user]
+        end = "(" + entries[-1][0].decode()
+    hits.sort()
+    if not hits:
+        return [], complete
+    states: Any = await redis.hmget(state_key(item), [str(seq) for seq, _ in hits])
+    found = []
+    for (seq, until), state in zip(hits, states, strict=True):
+        if state in (b"cancelled", b"expired"):
+            continue
+        found.append((seq, state.decode() if state else "pending" if until else "won", until))
+    return found, complete
 
 
 def records(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[dict[str, Any]]:

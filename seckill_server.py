@@ -1,11 +1,13 @@
 """seckill: a flash-sale admission server.
 
     python seckill_server.py --port 5000            serve (see --help for every flag)
-    python seckill_server.py create ITEM --stock N  create a sale (also: status, delete)
+    python seckill_server.py create ITEM --stock N  create a sale (also: update, status,
+                                                    list, orders, cancel, confirm, delete)
 
 This module holds the CLI and its `Config`, the routes (`SeckillApp`) and the worker
 processes. HTTP parsing is in `protocol.py` (sans-I/O) driven by `http_connection.py`;
-the Redis side is `sale_store.py` (keys, scripts) and `batcher.py` (coalescing).
+the Redis side is `sale_store.py` (keys, scripts), `batcher.py` (coalescing) and
+`order_book.py` (orders after the win); `/admin/` is `admin_api.py`.
 
 Workers: with `--workers N > 1` the parent forks N processes that each listen on the
 same port (SO_REUSEPORT), restarts one that dies, and passes SIGTERM/SIGINT on for a
@@ -249,9 +251,12 @@ class SeckillApp:
         return self._later(conn, mode, request, self._user_orders(item, user), cache=False)
 
     async def _user_orders(self, item: str, user: str) -> tuple[int, bytes, bytes]:
-        orders = await order_book.user_orders(self.redis, item, user)
-        if orders is None:
+        found = await order_book.user_orders(self.redis, item, user)
+        if found is None:
             return 404, json_body({"result": "unknown_item", "item": item}), b""
+        orders, complete = found
+        if not complete:  # (a huge sale without a limit: say so rather than a wrong 404)
+            return 200, json_body({"item": item, "user": user, "orders": orders, "complete": False}), b""
         if not orders:
             return 404, json_body({"result": "no_order", "item": item, "user": user}), b""
         return 200, json_body({"item": item, "user": user, "orders": orders}), b""
@@ -613,8 +618,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="seckill-server",
         description="Flash-sale admission server: HTTP/1.1 on uvloop, stock in Redis.",
-        epilog="Sale admin: seckill-server {create,update,status,delete} ITEM ... (each takes --redis; "
-               "see seckill-server create --help).",
+        epilog="Sale admin: seckill-server {create,update,status,list,orders,cancel,confirm,delete} ... "
+               "(each takes --redis; see seckill-server create --help).",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"seckill {__version__}")

@@ -12,10 +12,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 import redis
+import redis.asyncio as aioredis
 
+import order_book
 import sale_store
-from conftest import ROOT, create_sale, stream_events, stream_orders
+from conftest import ROOT, admit, create_sale, stream_events, stream_orders
 from http_client import TOKEN, admin, buy, fetch, get, parse_one
 
 
@@ -232,3 +235,37 @@ def test_cli_and_api_refuse_alike(redis_client: redis.Redis, redis_server, start
         assert cli.returncode == 2 and api.status == 400
         assert cli.stderr.strip() == f"seckill-server: error: {api.json()['error']}"
     assert not redis_client.exists(sale_store.sale_key("hat"))
+
+
+@pytest.mark.parametrize("per_user", [0, 3])  # 0: found by reading the stream; 3: from the buyers list
+def test_lookup_shows_live_orders_only(start_server, redis_client: redis.Redis, per_user: int) -> None:  # type: ignore[no-untyped-def]
+    create_sale(redis_client, "hat", 10, per_user=per_user)
+    server = start_server("--admin-token", TOKEN)
+    port = server.port
+    mine = [buy(port, "hat", "ann")["order"] for _ in range(3)]
+    buy(port, "hat", "bob")
+    assert admin(port, "POST", f"/admin/items/hat/orders/{mine[1]}/cancel").status == 200
+    found = fetch(port, "GET", "/seckill/hat/order?user=ann").json()
+    assert [o["order"] for o in found["orders"]] == [mine[0], mine[2]]
+    assert "complete" not in found
+    assert status(redis_client, "hat").get("listed", 0) == (1 if per_user else 0)
+
+
+def test_a_search_past_its_bound_says_it_is_not_complete(redis_server, redis_client: redis.Redis,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    create_sale(redis_client, "hat", 10)
+    for n, user in enumerate(["ann", "bob", "bob", "bob"]):
+        admit(redis_client, "hat", f"b{n}", [user])  # one stream entry each
+    monkeypatch.setattr(order_book, "MAX_SCAN", 2)
+
+    async def lookup(user: str) -> Any:
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            return await order_book.user_orders(client, "hat", user)
+        finally:
+            await client.aclose()
+
+    ann, complete = asyncio.run(lookup("ann"))  # the oldest entry: beyond the bound
+    assert (ann, complete) == ([], False)
+    bob, complete = asyncio.run(lookup("bob"))
+    assert [o["seq"] for o in bob] == [3, 4] and not complete  # the two newest, and "not all"

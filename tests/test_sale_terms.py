@@ -131,14 +131,17 @@ def test_a_batch_larger_than_luas_stack(redis_client: redis.Redis) -> None:
     assert redis_client.hlen(sale_store.buyers_key("hat")) == 8000
 
 
-def test_a_limit_added_mid_sale_counts_the_orders_before_it(redis_client: redis.Redis, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_a_limit_is_added_only_before_the_first_order(redis_client: redis.Redis, redis_server) -> None:  # type: ignore[no-untyped-def]
     url = ["--redis", redis_server.url]
     create_sale(redis_client, "hat", 10)
-    assert int(admit(redis_client, "hat", "b1", ["a", "a", "b"])[0]) == 3
-    assert run_cli("update", "hat", "--per-user", "2", *url).returncode == 0
-    assert admit(redis_client, "hat", "b2", ["a", "b", "b", "c"])[4] == b"AWAW"
+    create_sale(redis_client, "cap", 10)
+    assert int(admit(redis_client, "hat", "b1", ["a"])[0]) == 1
+    refused = run_cli("update", "hat", "--per-user", "1", *url)
+    assert refused.returncode == 1 and "before the first order" in refused.stderr
+    assert run_cli("update", "cap", "--per-user", "1", *url).returncode == 0
+    assert admit(redis_client, "cap", "b1", ["a", "a"])[4] == b"WA"
     # Lifting the limit keeps the lists, so putting it back is exact.
-    assert run_cli("update", "hat", "--per-user", "0", *url).returncode == 0
-    assert int(admit(redis_client, "hat", "b3", ["c"])[0]) == 1
-    assert run_cli("update", "hat", "--per-user", "2", *url).returncode == 0
-    assert admit(redis_client, "hat", "b4", ["c", "d"])[4] == b"AW"
+    assert run_cli("update", "cap", "--per-user", "0", *url).returncode == 0
+    assert int(admit(redis_client, "cap", "b2", ["a"])[0]) == 1
+    assert run_cli("update", "cap", "--per-user", "2", *url).returncode == 0
+    assert admit(redis_client, "cap", "b3", ["a", "b"])[4] == b"AW"
