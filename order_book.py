@@ -102,11 +102,8 @@ if #due == 0 then return {0, 0} end
 local tag = redis.call('HGET', KEYS[1], 'tag')
 local seqs, users = {}, {}
 for _, id in ipairs(due) do
-  local got = redis.call('XRANGE', KEYS[2], id, id)
-  if tag and #got > 0 then
-    local entry = {}
-    local flat = got[1][2]
-    for i = 1, #flat, 2 do entry[flat[i]] = flat[i + 1] end
+  local entry = entry_at(id)
+  if tag and entry then
     local first = tonumber(entry.first)
     for seq = first, first + tonumber(entry.count) - 1 do
       if redis.call('HEXISTS', KEYS[5], fmt(seq)) == 0 then  -- not confirmed, nor ended
@@ -203,20 +200,20 @@ async def user_orders(redis: Redis, item: str, user: str) -> tuple[list[dict[str
     listed, tag = fields
     if tag is None:
         return None
-    found: list[tuple[int, str, bytes]] = []  # seq, state, hold_until
+    found: list[tuple[int, str, str | None]] = []  # seq, state, hold_until
     complete = True
     if listed:
         reply = await _run(redis, LOOKUP_LUA, item, user)
         if not reply:
             return None
-        found = [(int(reply[i]), reply[i + 1].decode(), reply[i + 2]) for i in range(1, len(reply), 3)]
+        found = [(int(reply[i]), reply[i + 1].decode(), iso(reply[i + 2] or None)) for i in range(1, len(reply), 3)]
     else:
-        found, complete = await _search(redis, item, user.encode())
+        found, complete = await _search(redis, item, user)
     orders = []
     for seq, state, until in found:
         order: dict[str, Any] = {"order": f"{tag.decode()}-{seq}", "seq": seq, "state": state}
         if until:
-            order["hold_until"] = iso(until)
+            order["hold_until"] = until
         orders.append(order)
     return orders, complete
 
@@ -224,9 +221,10 @@ async def user_orders(redis: Redis, item: str, user: str) -> tuple[list[dict[str
 MAX_SCAN = 20_000  # win entries one lookup reads in a sale that does not list its buyers
 
 
-async def _search(redis: Redis, item: str, user: bytes) -> tuple[list[tuple[int, str, bytes]], bool]:
+async def _search(redis: Redis, item: str, user: str) -> tuple[list[tuple[int, str, str | None]], bool]:
     """A user's live orders found by reading the stream, and whether it was read whole."""
-    hits: list[tuple[int, bytes]] = []
+    hits: list[dict[str, Any]] = []
+    name = user.encode()
     end, scanned, complete = "+", 0, False
     while scanned < MAX_SCAN:
         page = min(500, MAX_SCAN - scanned)
@@ -235,22 +233,21 @@ async def _search(redis: Redis, item: str, user: bytes) -> tuple[list[tuple[int,
         complete = len(entries) < page
         if not entries:
             break
-        for _, fields in entries:
-            if fields.get(b"event", b"won") == b"won" and user in fields[b"users"]:
-                first = int(fields[b"first"])
-                hits += [(first + i, fields.get(b"hold_until", b""))
-                         for i, name in enumerate(fields[b"users"].split(b"\n")) if name == user]
+        for entry_id, fields in entries:
+            if fields.get(b"event", b"won") == b"won" and name in fields[b"users"]:  # (cheap test first)
+                hits += [r for r in records(entry_id, fields) if r["user"] == user]
         end = "(" + entries[-1][0].decode()
-    hits.sort()
+    hits.sort(key=lambda r: r["seq"])
     if not hits:
         return [], complete
-    states: Any = await redis.hmget(state_key(item), [str(seq) for seq, _ in hits])
-    found = []
-    for (seq, until), state in zip(hits, states, strict=True):
-        if state in (b"cancelled", b"expired"):
-            continue
-        found.append((seq, state.decode() if state else "pending" if until else "won", until))
-    return found, complete
+    states: Any = await redis.hmget(state_key(item), [str(r["seq"]) for r in hits])
+    return [(r["seq"], _state(state, r), r.get("hold_until")) for r, state in zip(hits, states, strict=True)
+            if state not in (b"cancelled", b"expired")], complete
+
+
+def _state(stored: bytes | None, win: Mapping[str, Any]) -> str:
+    """An order's state now: as stored once it changed, else pending while held, else won."""
+    return stored.decode() if stored else "pending" if "hold_until" in win else "won"
 
 
 def records(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[dict[str, Any]]:
@@ -298,7 +295,7 @@ async def list_orders(redis: Redis, item: str, after: int = 0, limit: int = DEFA
         states: Any = await redis.hmget(state_key(item), [str(r["seq"]) for r in page])
         for record, state in zip(page, states, strict=True):
             del record["event"]
-            record["state"] = state.decode() if state else "pending" if "hold_until" in record else "won"
+            record["state"] = _state(state, record)
     more = bool(page) and page[-1]["seq"] < last_seq
     return {"item": item, "orders": page, "next": page[-1]["order"] if more else None}
 

@@ -144,17 +144,23 @@ local function unlist(user, seq)
   else redis.call('HSET', KEYS[3], user, table.concat(kept, ' ')) end
 end
 
--- The stream entry that recorded the win of unit `seq`, as a table of its fields
--- (plus `id`), or nil if no win has that seq.
+-- Stream entry `id` as a table of its fields (plus `id`), or nil if it is gone.
+local function entry_at(id)
+  local got = redis.call('XRANGE', KEYS[2], id, id)
+  if #got == 0 then return nil end
+  local entry = {id = id}
+  local flat = got[1][2]
+  for i = 1, #flat, 2 do entry[flat[i]] = flat[i + 1] end
+  return entry
+end
+
+-- The stream entry that recorded the win of unit `seq` (entry_at), or nil if no win
+-- has that seq.
 local function won_entry(seq)
   local hit = redis.call('ZREVRANGEBYSCORE', KEYS[4], seq, '-inf', 'LIMIT', 0, 1)
   if #hit == 0 then return nil end
-  local got = redis.call('XRANGE', KEYS[2], hit[1], hit[1])
-  if #got == 0 then return nil end
-  local entry = {id = hit[1]}
-  local flat = got[1][2]
-  for i = 1, #flat, 2 do entry[flat[i]] = flat[i + 1] end
-  if seq >= tonumber(entry.first) + tonumber(entry.count) then return nil end
+  local entry = entry_at(hit[1])
+  if not entry or seq >= tonumber(entry.first) + tonumber(entry.count) then return nil end
   return entry
 end
 
@@ -261,24 +267,26 @@ else
     end
     redis.call('HINCRBY', KEYS[1], 'sold', granted)
     redis.call('HINCRBY', KEYS[1], 'seq', granted)
-    -- The named winners' live lists, one HSET per 500 winners (a user twice: the last
-    -- value given wins, and it is the whole list).
-    local changes = {}
-    for i, user in ipairs(lists and winners or {}) do
-      local list = lists[user]
-      if list == '' then
-        list = fmt(seq + i)
-      elseif list and (per_user > 0 or length(list) < MAX_PER_USER) then
-        list = list .. ' ' .. fmt(seq + i)
+    if lists then
+      -- The named winners' live lists, one HSET per 500 winners (a user twice: the
+      -- last value given wins, and it is the whole list).
+      local changes = {}
+      for i, user in ipairs(winners) do
+        local list = lists[user]
+        if list == '' then
+          list = fmt(seq + i)
+        elseif list and (per_user > 0 or length(list) < MAX_PER_USER) then
+          list = list .. ' ' .. fmt(seq + i)
+        end
+        if list then
+          lists[user] = list
+          changes[#changes + 1] = user
+          changes[#changes + 1] = list
+        end
       end
-      if list then
-        lists[user] = list
-        changes[#changes + 1] = user
-        changes[#changes + 1] = list
+      for first = 1, #changes, 1000 do
+        redis.call('HSET', KEYS[3], unpack(changes, first, math.min(first + 999, #changes)))
       end
-    end
-    for first = 1, #changes, 1000 do
-      redis.call('HSET', KEYS[3], unpack(changes, first, math.min(first + 999, #changes)))
     end
   end
 end

@@ -739,9 +739,7 @@ async def _admin(args: argparse.Namespace, url: str) -> int:
     try:
         try:
             await _admin_command(redis, args)
-        except order_book.OrderError as exc:
-            die(str(exc), 1)
-        except sale_store.Conflict as exc:  # (order_book.Refused too)
+        except (order_book.OrderError, sale_store.Conflict) as exc:  # no such order; refused by its state
             die(str(exc), 1)
         except sale_store.SaleError as exc:
             die(str(exc), EXIT_USAGE)
