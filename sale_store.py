@@ -434,9 +434,12 @@ async def update_sale(redis: Redis, item: str, terms: Terms) -> bool:
 
 
 def iso(ms: bytes | int | None) -> str | None:
+    """ms since the epoch as ISO-8601 UTC: 2026-11-24T20:00:00Z, or ...:00.250Z."""
     if ms is None:
         return None
-    return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat().replace("+00:00", "Z")
+    ms = int(ms)
+    when = datetime.fromtimestamp(ms / 1000, UTC)
+    return when.isoformat(timespec="milliseconds" if ms % 1000 else "seconds").replace("+00:00", "Z")
 
 
 _STATUS_FIELDS = ("stock", "sold", "presold", "seq", "per_user", "hold_seconds", "pending", "confirmed",
