@@ -20,7 +20,7 @@ from typing import Protocol as TypingProtocol
 from typing import cast
 
 from protocol import HttpError, Request, RequestParser
-from responses import CLOSE, Responses, json_body
+from responses import CLOSE, CONTINUE, Responses, json_body
 
 log = logging.getLogger("seckill.http")
 
@@ -171,6 +171,10 @@ class HttpConnection(asyncio.Protocol):
                     log.debug("bad request from %s: %s", self.peer, exc.reason)
             else:
                 if request is None:
+                    # A client waiting for `100 Continue` before its body gets it, unless
+                    # answers ahead are not ready (it then sends the body after its own wait).
+                    if not pending and parser.take_continue():
+                        out += CONTINUE
                     break
                 if not request.keep_alive:
                     self.closing = True

@@ -104,7 +104,7 @@ class Request:
 class RequestParser:
     """Feed bytes in, take complete requests out. After an error the parser is dead."""
 
-    __slots__ = ("_buf", "_scan_from", "_head", "_body_left", "_closed")
+    __slots__ = ("_buf", "_scan_from", "_head", "_body_left", "_closed", "_continue")
 
     def __init__(self) -> None:
         self._buf = b""
@@ -112,6 +112,7 @@ class RequestParser:
         self._head: Request | None = None  # parsed head waiting for its body
         self._body_left = 0
         self._closed = False
+        self._continue = False  # a head with `Expect: 100-continue` waits for its body
 
     @property
     def buffered(self) -> int:
@@ -130,6 +131,12 @@ class RequestParser:
             return False
         self._buf = data
         return self._head is None
+
+    def take_continue(self) -> bool:
+        """True once when a request's head asked for `100 Continue` before sending its body
+        and the body has not come yet: the caller may send the interim response."""
+        wanted, self._continue = self._continue, False
+        return wanted
 
     def next_request(self) -> Request | None:
         if self._closed:
@@ -156,7 +163,7 @@ class RequestParser:
                 try:
                     if end + 4 > MAX_HEAD:
                         raise HttpError(431, "request head too large")
-                    request, length = _parse_head(head)
+                    request, length, expects = _parse_head(head)
                 except HttpError as exc:
                     # Fed in smaller pieces, a prefix of this head would have met the early
                     # checks first: answer as they would, whatever the split.
@@ -172,6 +179,7 @@ class RequestParser:
                     return request
                 self._head = request
                 self._body_left = length
+                self._continue = expects
                 self._buf = rest
             buf = self._buf
             if len(buf) < self._body_left:
@@ -179,6 +187,7 @@ class RequestParser:
             request.body = buf[: self._body_left]
             self._buf = buf[self._body_left :]
             self._head = None
+            self._continue = False
             self._scan_from = 0
             return request
         except HttpError:
@@ -236,10 +245,11 @@ MAX_CACHED_HEADER_BLOCKS = 512  # x MAX_HEAD bounds the memory: 8 MiB at worst
 
 
 class _HeaderBlock:
-    __slots__ = ("headers", "length", "chunked", "hosts", "connection")
+    __slots__ = ("headers", "length", "chunked", "hosts", "connection", "expects_continue")
 
     def __init__(self, headers: tuple[tuple[bytes, bytes], ...], length: int, chunked: bool,
-                 hosts: int, connection: frozenset[bytes]) -> None:
+                 hosts: int, connection: frozenset[bytes], expects_continue: bool) -> None:
+        self.expects_continue = expects_continue
         self.headers = headers
         self.length = length  # -1: no Content-Length
         self.chunked = chunked
@@ -250,8 +260,9 @@ class _HeaderBlock:
 _NO_TOKENS: frozenset[bytes] = frozenset()
 
 
-def _parse_head(head: bytes) -> tuple[Request, int]:
-    """Parse a head (without its final CRLFCRLF); return the request and its body length."""
+def _parse_head(head: bytes) -> tuple[Request, int, bool]:
+    """Parse a head (without its final CRLFCRLF); return the request, its body length and
+    whether it waits for `100 Continue` (HTTP/1.1 with `Expect: 100-continue`)."""
     line_end = head.find(b"\r\n")
     if line_end < 0:
         line, block_bytes = head, b""
@@ -319,6 +330,7 @@ def _parse_head(head: bytes) -> tuple[Request, int]:
     return (
         Request(method, target, path, query, http10, keep_alive, block.headers, b""),
         max(length, 0),
+        block.expects_continue and not http10,  # RFC 9110 10.1.1: 1.0 clients get no 100
     )
 
 
@@ -331,6 +343,7 @@ def _parse_header_block(block: bytes) -> _HeaderBlock:
     chunked = False
     hosts = 0
     connection: list[bytes] = []
+    expects_continue = False
     header_line = _HEADER_LINE.fullmatch
     for raw in lines:
         m = header_line(raw)
@@ -355,7 +368,12 @@ def _parse_header_block(block: bytes) -> _HeaderBlock:
             hosts += 1
         elif name == b"connection":
             connection.extend(t.strip() for t in value.lower().split(b","))
+        elif name == b"expect":
+            # The only expectation HTTP defines; any other we cannot meet (RFC 9110 10.1.1).
+            if value.lower() != b"100-continue":
+                raise HttpError(417, "only Expect: 100-continue is supported")
+            expects_continue = True
         elif name in _FRAMING_LOOKALIKES:
             raise HttpError(400, "underscore in a framing header name")
     return _HeaderBlock(tuple(headers), length, chunked, hosts,
-                        frozenset(connection) if connection else _NO_TOKENS)
+                        frozenset(connection) if connection else _NO_TOKENS, expects_continue)

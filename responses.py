@@ -32,6 +32,10 @@ STATUS_LINES = {
 MAX_CACHED = 4096
 
 
+# The interim answer to `Expect: 100-continue`: send the body (RFC 9110 15.2.1).
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
 def json_body(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 

@@ -301,3 +301,20 @@ def test_user_from_query_fast_path_agrees_with_parse_qsl(value: str) -> None:
     except ValueError:
         expected = 400
     assert got == expected
+
+
+def test_expect_100_continue_gets_the_interim_answer_then_the_final_one(server, redis_client: redis.Redis) -> None:
+    create_sale(redis_client, "hat", 1)
+    body = b"user=ann"
+    with Conn(server.port) as conn:
+        conn.send(b"POST /seckill/hat HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                  b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n" % len(body))
+        while b"\r\n\r\n" not in conn.buf:  # the server speaks first: 100, before any body
+            chunk = conn.sock.recv(65536)
+            assert chunk, "closed instead of 100 Continue"
+            conn.buf += chunk
+        assert conn.buf == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.buf = b""
+        answer = conn.request(body)
+        assert answer.status == 200 and answer.json()["result"] == "won"
+    assert stream_orders(redis_client, "hat")[0]["user"] == "ann"

@@ -299,6 +299,9 @@ def get(*headers: bytes, target: bytes = b"/", version: bytes = b"1.1") -> bytes
 
 
 BAD = [
+    # RFC 9110 10.1.1: an expectation other than 100-continue cannot be met.
+    pytest.param(post(b"Expect: 200-ok", b"Content-Length: 0"), 417, id="expect-unknown"),
+    pytest.param(get(b"Expect: 100-continue, foo"), 417, id="expect-list"),
     # RFC 9112 3: request-line = method SP request-target SP HTTP-version.
     pytest.param(b"GARBAGE\r\n\r\n", 400, id="request-line-one-word"),
     pytest.param(head(b"GET /", b"Host: t"), 400, id="request-line-no-version"),
@@ -539,3 +542,22 @@ def test_request_header_lookup_and_repr() -> None:
     assert request.header(b"user-agent") == b"ApacheBench/2.3"
     assert request.header(b"cookie") is None
     assert repr(request) == "<Request GET /limit>"
+
+
+def test_expect_100_continue_is_asked_once_while_the_body_is_missing() -> None:
+    parser = RequestParser()
+    parser.feed(post(b"Expect: 100-Continue", b"Content-Length: 5"))
+    assert parser.next_request() is None
+    assert parser.take_continue() is True
+    assert parser.take_continue() is False  # once
+    parser.feed(b"hello")
+    request = parser.next_request()
+    assert request is not None and request.body == b"hello"
+    # Body already there, an HTTP/1.0 client, or no body: nothing to ask for.
+    for raw in (post(b"Expect: 100-continue", b"Content-Length: 2") + b"hi",
+                post(b"Expect: 100-continue", b"Content-Length: 2", version=b"1.0"),
+                get(b"Expect: 100-continue")):
+        parser = RequestParser()
+        parser.feed(raw)
+        parser.next_request()
+        assert parser.take_continue() is False
