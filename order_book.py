@@ -35,11 +35,10 @@ from sale_store import (
     LUA_HELPERS,
     Conflict,
     SaleError,
-    index_key,
     iso,
     orders_key,
+    sale_key,
     sale_keys,
-    state_key,
 )
 
 log = logging.getLogger("seckill.orders")
@@ -196,7 +195,7 @@ async def user_orders(redis: Redis, item: str, user: str) -> tuple[list[dict[str
     all of them; None if there is no such sale. A sale that lists its buyers (it has a
     limit) answers from the list; another is searched, newest first, through at most
     MAX_SCAN win entries (a flash sale has far fewer; past that, "not all")."""
-    fields: Any = await redis.hmget(sale_keys(item)[0], "listed", "tag")
+    fields: Any = await redis.hmget(sale_key(item), "listed", "tag")
     listed, tag = fields
     if tag is None:
         return None
@@ -240,7 +239,7 @@ async def _search(redis: Redis, item: str, user: str) -> tuple[list[tuple[int, s
     hits.sort(key=lambda r: r["seq"])
     if not hits:
         return [], complete
-    states: Any = await redis.hmget(state_key(item), [str(r["seq"]) for r in hits])
+    states: Any = await redis.hmget(sale_keys(item).state, [str(r["seq"]) for r in hits])
     return [(r["seq"], _state(state, r), r.get("hold_until")) for r, state in zip(hits, states, strict=True)
             if state not in (b"cancelled", b"expired")], complete
 
@@ -273,12 +272,12 @@ def records(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[dict[s
 async def list_orders(redis: Redis, item: str, after: int = 0, limit: int = DEFAULT_PAGE) -> dict[str, Any] | None:
     """Orders won with a seq above `after`, oldest first, at most `limit`, each with its
     state now; `next` is the `after` for the next page (None at the end). None if no sale."""
-    status = await redis.hmget(sale_keys(item)[0], "seq", "tag")
+    status = await redis.hmget(sale_key(item), "seq", "tag")
     if status[0] is None:
         return None
     last_seq = int(status[0])
     start = "-"
-    hit: Any = await redis.zrevrangebyscore(index_key(item), after + 1, "-inf", start=0, num=1)
+    hit: Any = await redis.zrevrangebyscore(sale_keys(item).win_index, after + 1, "-inf", start=0, num=1)
     if hit:
         start = hit[0].decode()
     page: list[dict[str, Any]] = []
@@ -292,7 +291,7 @@ async def list_orders(redis: Redis, item: str, after: int = 0, limit: int = DEFA
         start = "(" + entries[-1][0].decode()
     page = page[:limit]
     if page:
-        states: Any = await redis.hmget(state_key(item), [str(r["seq"]) for r in page])
+        states: Any = await redis.hmget(sale_keys(item).state, [str(r["seq"]) for r in page])
         for record, state in zip(page, states, strict=True):
             del record["event"]
             record["state"] = _state(state, record)

@@ -35,7 +35,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
@@ -61,34 +61,28 @@ def sale_key(item: str) -> str:
     return f"{KEY_PREFIX}{{{item}}}"
 
 
+class SaleKeys(NamedTuple):
+    """One sale's keys, in the order every order script takes them (KEYS[1..6])."""
+
+    sale: str
+    orders: str
+    buyers: str
+    win_index: str  # (not `index`: tuple has one)
+    state: str
+    holds: str
+
+
+def sale_keys(item: str) -> SaleKeys:
+    base = sale_key(item)
+    return SaleKeys(base, f"{base}:orders", f"{base}:buyers", f"{base}:index", f"{base}:state", f"{base}:holds")
+
+
 def orders_key(item: str) -> str:
-    return f"{KEY_PREFIX}{{{item}}}:orders"
-
-
-def buyers_key(item: str) -> str:
-    return f"{KEY_PREFIX}{{{item}}}:buyers"
-
-
-def index_key(item: str) -> str:
-    return f"{KEY_PREFIX}{{{item}}}:index"
-
-
-def state_key(item: str) -> str:
-    return f"{KEY_PREFIX}{{{item}}}:state"
-
-
-def holds_key(item: str) -> str:
-    return f"{KEY_PREFIX}{{{item}}}:holds"
+    return sale_keys(item).orders
 
 
 def batch_key(item: str, batch_id: str) -> str:
-    return f"{KEY_PREFIX}{{{item}}}:batch:{batch_id}"
-
-
-def sale_keys(item: str) -> tuple[str, str, str, str, str, str]:
-    """The keys of every order script, in the order they take them (KEYS[1..6])."""
-    return (sale_key(item), orders_key(item), buyers_key(item), index_key(item), state_key(item),
-            holds_key(item))
+    return f"{sale_key(item)}:batch:{batch_id}"
 
 
 def admit_keys(item: str, batch_id: str) -> tuple[str, ...]:

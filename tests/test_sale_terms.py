@@ -36,7 +36,7 @@ def test_per_user_limit_under_concurrency(start_server, redis_client: redis.Redi
     orders = stream_orders(redis_client, "phone")
     winners = [o["user"] for o in orders]
     assert len(winners) == 500 and len(set(winners)) == 500  # no user twice
-    buyers = redis_client.hgetall(sale_store.buyers_key("phone"))  # user -> live order seqs
+    buyers = redis_client.hgetall(sale_store.sale_keys("phone").buyers)  # user -> live order seqs
     assert len(buyers) == 500 and sorted(int(v) for v in buyers.values()) == [o["seq"] for o in orders]
 
 
@@ -128,7 +128,7 @@ def test_a_batch_larger_than_luas_stack(redis_client: redis.Redis) -> None:
     reply = admit(redis_client, "hat", "big", users)
     assert int(reply[0]) == 8000
     assert reply[4].count(b"W") == 8000 and reply[4].count(b"A") == 500
-    assert redis_client.hlen(sale_store.buyers_key("hat")) == 8000
+    assert redis_client.hlen(sale_store.sale_keys("hat").buyers) == 8000
 
 
 def test_a_limit_is_added_only_before_the_first_order(redis_client: redis.Redis, redis_server) -> None:  # type: ignore[no-untyped-def]
