@@ -25,16 +25,19 @@ from redis.asyncio import Redis
 import order_book
 import sale_store
 from protocol import HttpError, Request
-from responses import json_body
+from responses import METHOD_NOT_ALLOWED, NOT_FOUND, json_body
 
 Answer = tuple[int, bytes, bytes]  # status, body, extra header lines
 
 _CHALLENGE = b'WWW-Authenticate: Bearer realm="seckill admin"\r\n'
-_NOT_FOUND = json_body({"error": "not found"})
 
 
-def _allow(*methods: str) -> bytes:
-    return b"Allow: %s\r\n" % ", ".join(methods).encode()
+def _not_allowed(*methods: str) -> Answer:
+    return 405, METHOD_NOT_ALLOWED, b"Allow: %s\r\n" % ", ".join(methods).encode()
+
+
+def _no_sale(item: str) -> Answer:
+    return 404, json_body({"error": f"no sale {item!r}"}), b""
 
 
 class AdminApi:
@@ -45,7 +48,7 @@ class AdminApi:
     def check(self, request: Request) -> Answer | None:
         """The answer that refuses this request before any work (404, 401), or None."""
         if self._token is None:
-            return 404, _NOT_FOUND, b""
+            return 404, NOT_FOUND, b""
         given = request.header(b"authorization") or b""
         scheme, _, credentials = given.partition(b" ")
         if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self._token):
@@ -72,10 +75,10 @@ class AdminApi:
         if method == "HEAD":
             method = "GET"
         if parts[:1] != ["items"] or len(parts) > 6:
-            return 404, _NOT_FOUND, b""
+            return 404, NOT_FOUND, b""
         if len(parts) == 1:
             if method != "GET":
-                return 405, json_body({"error": "method not allowed"}), _allow("GET", "HEAD")
+                return _not_allowed("GET", "HEAD")
             return 200, json_body({"items": await sale_store.list_sales(self.redis)}), b""
         item = parts[1]
         if not sale_store.valid_item(item):
@@ -83,31 +86,31 @@ class AdminApi:
         if len(parts) == 2:
             return await self._item(method, item, request)
         if parts[2] != "orders":
-            return 404, _NOT_FOUND, b""
+            return 404, NOT_FOUND, b""
         if len(parts) == 3:
             if method != "GET":
-                return 405, json_body({"error": "method not allowed"}), _allow("GET", "HEAD")
+                return _not_allowed("GET", "HEAD")
             return await self._orders(item, request)
         if len(parts) == 5 and parts[4] in ("cancel", "confirm"):
             if method != "POST":
-                return 405, json_body({"error": "method not allowed"}), _allow("POST")
+                return _not_allowed("POST")
             record = await order_book.change_order(self.redis, item, parts[3], parts[4])
             return 200, json_body(record), b""
-        return 404, _NOT_FOUND, b""
+        return 404, NOT_FOUND, b""
 
     async def _item(self, method: str, item: str, request: Request) -> Answer:
         redis = self.redis
         if method == "GET":
             status = await sale_store.sale_status(redis, item)
             if status is None:
-                return 404, json_body({"error": f"no sale {item!r}"}), b""
+                return _no_sale(item)
             return 200, json_body(status), b""
         if method == "DELETE":
             if not await sale_store.delete_sale(redis, item):
-                return 404, json_body({"error": f"no sale {item!r}"}), b""
+                return _no_sale(item)
             return 200, json_body({"deleted": item}), b""
         if method != "PUT":
-            return 405, json_body({"error": "method not allowed"}), _allow("GET", "HEAD", "PUT", "DELETE")
+            return _not_allowed("GET", "HEAD", "PUT", "DELETE")
         data = _json_object(request)
         created = False
         if await redis.exists(sale_store.sale_key(item)):
@@ -136,7 +139,7 @@ class AdminApi:
             limit = int(text)
         page = await order_book.list_orders(self.redis, item, after, limit)
         if page is None:
-            return 404, json_body({"error": f"no sale {item!r}"}), b""
+            return _no_sale(item)
         return 200, json_body(page), b""
 
 

@@ -40,6 +40,10 @@ def json_body(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+NOT_FOUND = json_body({"error": "not found"})
+METHOD_NOT_ALLOWED = json_body({"error": "method not allowed"})
+
+
 class Responses:
     __slots__ = ("_date_line", "_prefix", "memo")
 

@@ -51,7 +51,17 @@ from redis_runner import (
     mask_url,
     recorded_url,
 )
-from responses import CLOSE, KEEP, KEEP_10, MAX_CACHED, Responses, json_body, strip_body
+from responses import (
+    CLOSE,
+    KEEP,
+    KEEP_10,
+    MAX_CACHED,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    Responses,
+    json_body,
+    strip_body,
+)
 
 __version__ = "0.1.0"
 
@@ -94,7 +104,6 @@ _PURCHASE_METHODS = (b"GET", b"POST")
 _ALLOW_PURCHASE = b"Allow: GET, POST\r\n"
 _ALLOW_GET = b"Allow: GET, HEAD\r\n"
 _RETRY_AFTER = b"Retry-After: 1\r\n"
-_NOT_FOUND = json_body({"error": "not found"})
 _UNAVAILABLE = json_body({"result": "unavailable"})
 _OK = json_body({"status": "ok"})
 _ITEM_CACHE_MAX = 10_000  # validated item names kept per worker; bounds client-chosen keys
@@ -185,9 +194,9 @@ class SeckillApp:
             return self._later(conn, mode, request, self.admin.handle(request), cache=False)
         known = path.startswith(b"/stock/") or path in (b"/healthz", b"/readyz")
         if not known:
-            return self.responses.get(404, _NOT_FOUND, mode)
+            return self.responses.get(404, NOT_FOUND, mode)
         if request.method != b"GET" and request.method != b"HEAD":
-            return self.responses.get(405, json_body({"error": "method not allowed"}), mode, _ALLOW_GET)
+            return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_GET)
         if path == b"/healthz":
             return self.responses.get(200, _OK, mode)
         if path == b"/readyz":
@@ -213,7 +222,7 @@ class SeckillApp:
                 return self._order_lookup(request, conn, raw_item[:-6], mode)
             item = self._item(raw_item)
         if request.method not in _PURCHASE_METHODS:
-            return self.responses.get(405, json_body({"error": "method not allowed"}), mode, _ALLOW_PURCHASE)
+            return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_PURCHASE)
         user = _user(request) if request.query or request.body else b""
         batcher = self.batcher
         if batcher.sold_out(item):
@@ -243,7 +252,7 @@ class SeckillApp:
     def _order_lookup(self, request: Request, conn: HttpConnection, raw_item: bytes, mode: int) -> bytes | Slot:
         """GET /seckill/{item}/order?user=U: the user's live orders, e.g. after a 503."""
         if request.method != b"GET" and request.method != b"HEAD":
-            return self.responses.get(405, json_body({"error": "method not allowed"}), mode, _ALLOW_GET)
+            return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_GET)
         item = self._item(raw_item)
         user = _user(request).decode()
         if not user:
