@@ -22,13 +22,12 @@ repeats an event, and a unit comes back at most once: an order has at most one e
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from sale_store import (
     ITEMS_KEY,
@@ -143,16 +142,10 @@ end
 return reply
 """
 
-_SHAS = {lua: hashlib.sha1(lua.encode()).hexdigest() for lua in (ORDER_LUA, SWEEP_LUA, LOOKUP_LUA)}
-
-
 async def _run(redis: Redis, lua: str, item: str, *args: str | int) -> Any:
-    """EVALSHA, loading the script on NOSCRIPT (a restarted Redis)."""
-    keys = sale_keys(item)
-    try:
-        return await redis.evalsha(_SHAS[lua], len(keys), *keys, *args)
-    except NoScriptError:
-        return await redis.eval(lua, len(keys), *keys, *args)
+    """One of these scripts on one sale: redis-py's Script sends EVALSHA and loads the
+    script on NOSCRIPT (a restarted Redis)."""
+    return await redis.register_script(lua)(keys=list(sale_keys(item)), args=list(args))
 
 
 def parse_order(order: str) -> tuple[str, int]:
@@ -272,10 +265,10 @@ def records(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> list[dict[s
 async def list_orders(redis: Redis, item: str, after: int = 0, limit: int = DEFAULT_PAGE) -> dict[str, Any] | None:
     """Orders won with a seq above `after`, oldest first, at most `limit`, each with its
     state now; `next` is the `after` for the next page (None at the end). None if no sale."""
-    status = await redis.hmget(sale_key(item), "seq", "tag")
-    if status[0] is None:
+    seq: Any = await redis.hget(sale_key(item), "seq")
+    if seq is None:
         return None
-    last_seq = int(status[0])
+    last_seq = int(seq)
     start = "-"
     hit: Any = await redis.zrevrangebyscore(sale_keys(item).win_index, after + 1, "-inf", start=0, num=1)
     if hit:

@@ -58,6 +58,7 @@ def test_cancel_returns_one_unit_once_and_frees_the_slot(start_server, redis_cli
     assert buy(port, "hat", "bob")["result"] == "sold_out"
     assert buy(port, "hat", "ann")["result"] == "already_bought"
 
+    redis_client.script_flush()  # as after a Redis restart: the script is loaded again
     first = admin(port, "POST", f"/admin/items/hat/orders/{order}/cancel")
     assert first.status == 200 and first.json()["state"] == "cancelled" and first.json()["user"] == "ann"
     after_one = status(redis_client, "hat")
