@@ -6,16 +6,21 @@ bytes at once (most routes, the sold-out gate) or a `Slot` filled later (a purch
 waiting for its Redis batch). Answers that are ready together leave in one write, so a
 read holding several pipelined requests is answered with one `write()`.
 
-Timeouts are coarse on purpose: the worker's once-a-second tick (`Clock`) sweeps idle
-and stalled connections, so the hot path only stores a timestamp instead of arming a
-timer per request.
+Timeouts are coarse on purpose: the worker's once-a-second tick (`Clock`) sweeps idle,
+stalled and unread connections, so the hot path only stores a timestamp instead of
+arming a timer per request. Every limit a client meets is in `Limits`, with its reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import socket
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 from typing import cast
 
@@ -29,6 +34,28 @@ log = logging.getLogger("seckill.http")
 MAX_PIPELINED = 32
 # Bytes we let the kernel not take before we stop reading from a slow reader.
 WRITE_HIGH_WATER = 256 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one client may take of a worker (defaults after nginx's, which have met the
+    internet for decades). The flags of the same names set them."""
+
+    # The whole head within this, from its first byte; trickled bytes do not extend it
+    # (slowloris). nginx: client_header_timeout 60 s; ours is shorter, heads are tiny.
+    header_timeout: float = 10.0
+    # Between two reads of a body (nginx client_body_timeout): a stalled upload is dropped.
+    body_timeout: float = 10.0
+    # Idle between requests before we close (nginx keepalive_timeout 75 s; uvicorn 5 s).
+    keepalive_timeout: float = 5.0
+    # Requests on one connection, then `Connection: close` (nginx keepalive_requests):
+    # bounds what one connection pins and rebalances clients over workers.
+    keepalive_requests: int = 1000
+    # A client that takes none of its answers for this long is dropped (nginx send_timeout).
+    send_timeout: float = 10.0
+    # Open connections per worker; at the limit the worker stops accepting and new clients
+    # wait in the kernel's backlog (nginx worker_connections), none is accepted and dropped.
+    max_connections: int = 10_000
 
 
 class App(TypingProtocol):
@@ -47,26 +74,117 @@ class Clock:
 
 
 class Registry:
-    """The open connections of one worker, and a way to wait until there are none."""
+    """The open connections of one worker, and a way to wait until there are none.
+    At `limit` connections it pauses its `listener`, and resumes it when one closes."""
 
-    __slots__ = ("conns", "_empty")
+    __slots__ = ("conns", "_empty", "limit", "listener", "_warned_at")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = Limits.max_connections) -> None:
         self.conns: set[HttpConnection] = set()
         self._empty: asyncio.Event | None = None
+        self.limit = limit
+        self.listener: Listener | None = None
+        self._warned_at = -1e9
 
     def add(self, conn: HttpConnection) -> None:
         self.conns.add(conn)
+        listener = self.listener
+        if len(self.conns) >= self.limit and listener is not None and not listener.paused:
+            listener.pause()
+            now = time.monotonic()
+            if now - self._warned_at >= 10.0:  # at the limit it pauses at every new client
+                self._warned_at = now
+                log.warning("%d connections open: not accepting until one closes", len(self.conns))
 
     def discard(self, conn: HttpConnection) -> None:
         self.conns.discard(conn)
         if not self.conns and self._empty is not None:
             self._empty.set()
+        listener = self.listener
+        if listener is not None and listener.paused and len(self.conns) < self.limit:
+            listener.resume()
 
     async def wait_empty(self) -> None:
         if self.conns:
             self._empty = asyncio.Event()
             await self._empty.wait()
+
+
+class Listener:
+    """The worker's listening sockets, accepting only while `pause()` has not been called.
+
+    asyncio cannot pause a server, only close it, which closes its sockets and resets
+    the connections queued in them. So the worker keeps its own duplicate of each
+    listening socket: closing the server stops accepting while the socket stays open and
+    the kernel keeps queueing new clients in its backlog; `resume()` serves the same
+    sockets again, queued clients first.
+    """
+
+    __slots__ = ("_factory", "_sockets", "_backlog", "_servers", "paused", "_stopped", "_resuming")
+
+    def __init__(self, factory: Callable[[], asyncio.Protocol], sockets: list[socket.socket],
+                 backlog: int) -> None:
+        self._factory = factory
+        self._sockets = sockets
+        self._backlog = backlog
+        self._servers: list[asyncio.Server] = []
+        self.paused = True
+        self._stopped = False
+        self._resuming: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, factory: Callable[[], asyncio.Protocol], host: str, port: int,
+                   backlog: int) -> Listener:
+        """Bind host:port (SO_REUSEPORT: each worker its own socket) and start accepting."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(factory, host, port, reuse_port=True, backlog=backlog,
+                                          start_serving=False)
+        sockets = [socket.socket(fileno=os.dup(s.fileno())) for s in server.sockets]
+        server.close()
+        listener = cls(factory, sockets, backlog)
+        await listener._serve()
+        return listener
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        servers = []
+        for sock in self._sockets:
+            # The server owns (and closes) the duplicate it is given, not our socket.
+            dup = socket.socket(fileno=os.dup(sock.fileno()))
+            servers.append(await loop.create_server(self._factory, sock=dup, backlog=self._backlog))
+        if self._stopped:
+            for server in servers:
+                server.close()
+            return
+        self._servers = servers
+        self.paused = False
+
+    def pause(self) -> None:
+        if self.paused:
+            return
+        self.paused = True
+        for server in self._servers:
+            server.close()
+        self._servers = []
+
+    def resume(self) -> None:
+        if self._stopped or self._resuming is not None:
+            return
+
+        async def serve() -> None:
+            try:
+                await self._serve()
+            finally:
+                self._resuming = None
+
+        self._resuming = asyncio.get_running_loop().create_task(serve())
+
+    def close(self) -> None:
+        """Stop accepting for good (shutdown) and close the sockets."""
+        self._stopped = True
+        self.pause()
+        for sock in self._sockets:
+            sock.close()
 
 
 class Slot:
@@ -101,14 +219,16 @@ class Slot:
 
 class HttpConnection(asyncio.Protocol):
     __slots__ = (
-        "_app", "_clock", "_registry", "_transport", "_parser", "_pending",
+        "_app", "_clock", "_registry", "_limits", "_transport", "_parser", "_pending",
         "closing", "_reading_paused", "_writing_paused", "last_active", "started",
+        "_requests_left", "_unread_since",
     )
 
-    def __init__(self, app: App, clock: Clock, registry: Registry) -> None:
+    def __init__(self, app: App, clock: Clock, registry: Registry, limits: Limits) -> None:
         self._app = app
         self._clock = clock
         self._registry = registry
+        self._limits = limits
         self._transport: asyncio.Transport | None = None
         self._parser = RequestParser()
         self._pending: deque[Slot] = deque()  # answers not written yet, in request order
@@ -117,6 +237,8 @@ class HttpConnection(asyncio.Protocol):
         self._writing_paused = False
         self.last_active = clock.now  # last bytes received
         self.started = clock.now  # when the request being received began
+        self._requests_left = limits.keepalive_requests
+        self._unread_since = 0.0  # when the client stopped taking our writes
 
     # --- asyncio callbacks -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,7 +265,9 @@ class HttpConnection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
+        # Past the high-water mark: read nothing more from a client that does not read.
         self._writing_paused = True
+        self._unread_since = self._clock.now
         self._pause_reading()
 
     def resume_writing(self) -> None:
@@ -176,7 +300,8 @@ class HttpConnection(asyncio.Protocol):
                     if not pending and parser.take_continue():
                         out += CONTINUE
                     break
-                if not request.keep_alive:
+                self._requests_left -= 1
+                if not request.keep_alive or not self._requests_left:
                     self.closing = True
                 answer = self._app.dispatch(request, self)
             if answer.__class__ is bytes:
@@ -240,20 +365,34 @@ class HttpConnection(asyncio.Protocol):
         peer = self._transport.get_extra_info("peername")
         return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
-    def expire(self, now: float, keepalive_timeout: float, header_timeout: float) -> None:
-        """Close an idle connection past its keep-alive time; answer 408 to a stalled request."""
-        if self._transport is None or self._pending:
+    def expire(self, now: float) -> None:
+        """Drop a client that stopped reading; close an idle one past its keep-alive time;
+        answer 408 to a request whose head or body stalled."""
+        transport = self._transport
+        if transport is None:
             return
-        if not self._parser.mid_request:
-            if now - self.last_active >= keepalive_timeout:
-                self._transport.close()
-        elif now - self.started >= header_timeout:
-            # Measured from the request's first byte: trickling bytes does not extend it.
+        limits = self._limits
+        if self._writing_paused:
+            if now - self._unread_since >= limits.send_timeout:
+                log.debug("dropping %s: took none of its answers in %gs", self.peer, limits.send_timeout)
+                transport.abort()  # close() would wait for a flush that never comes
+            return
+        if self._pending:
+            return
+        parser = self._parser
+        if not parser.mid_request:
+            if now - self.last_active >= limits.keepalive_timeout:
+                transport.close()
+            return
+        if parser.awaiting_body:
+            stalled = now - self.last_active >= limits.body_timeout
+        else:
+            # From the head's first byte: trickling bytes does not extend it.
+            stalled = now - self.started >= limits.header_timeout
+        if stalled:
             self.closing = True
-            self._transport.write(
-                self._app.responses.get(408, json_body({"error": "request timeout"}), CLOSE)
-            )
-            self._transport.close()
+            transport.write(self._app.responses.get(408, json_body({"error": "request timeout"}), CLOSE))
+            transport.close()
 
     def shutdown(self) -> None:
         """Stop reading new requests; close now if idle, else after the answers owed."""

@@ -124,6 +124,11 @@ class RequestParser:
         """True while part of a request has arrived (for idle-close decisions)."""
         return bool(self._buf) or self._head is not None
 
+    @property
+    def awaiting_body(self) -> bool:
+        """True while a request's head has arrived and its body has not, whole."""
+        return self._head is not None
+
     def feed(self, data: bytes) -> bool:
         """Add received bytes; True if they begin a new request (nothing was pending)."""
         if self._buf:
@@ -245,14 +250,14 @@ MAX_CACHED_HEADER_BLOCKS = 512  # x MAX_HEAD bounds the memory: 8 MiB at worst
 
 
 class _HeaderBlock:
-    __slots__ = ("headers", "length", "chunked", "hosts", "connection", "expects_continue")
+    __slots__ = ("headers", "length", "codings", "hosts", "connection", "expects_continue")
 
-    def __init__(self, headers: tuple[tuple[bytes, bytes], ...], length: int, chunked: bool,
+    def __init__(self, headers: tuple[tuple[bytes, bytes], ...], length: int, codings: list[bytes] | None,
                  hosts: int, connection: frozenset[bytes], expects_continue: bool) -> None:
         self.expects_continue = expects_continue
         self.headers = headers
         self.length = length  # -1: no Content-Length
-        self.chunked = chunked
+        self.codings = codings  # Transfer-Encoding's codings, lower-cased; None: no such header
         self.hosts = hosts
         self.connection = connection  # the Connection header's tokens, lower-cased
 
@@ -294,11 +299,16 @@ def _parse_head(head: bytes) -> tuple[Request, int, bool]:
             _HEADER_BLOCKS.clear()  # so early one-off blocks cannot keep the memo full
         _HEADER_BLOCKS[block_bytes] = block
     length = block.length
-    if block.chunked:
+    if block.codings is not None:
         if length >= 0:
             raise HttpError(400, "both Content-Length and Transfer-Encoding")
         if http10:
             raise HttpError(400, "Transfer-Encoding in HTTP/1.0")
+        if block.codings[-1:] != [b"chunked"]:
+            # RFC 9112 6.3: without chunked last, the body's end cannot be known.
+            raise HttpError(400, "chunked must be the final transfer coding")
+        # RFC 9112 6.1: a coding we do not implement is a 501. Bodies here are a few bytes
+        # of form or JSON, which every client sends with a Content-Length.
         raise HttpError(501, "Transfer-Encoding not implemented")
     if not http10 and block.hosts != 1:
         raise HttpError(400, "HTTP/1.1 needs exactly one Host header")
@@ -340,7 +350,7 @@ def _parse_header_block(block: bytes) -> _HeaderBlock:
         raise HttpError(431, "too many header fields")
     headers: list[tuple[bytes, bytes]] = []
     length = -1
-    chunked = False
+    codings: list[bytes] | None = None
     hosts = 0
     connection: list[bytes] = []
     expects_continue = False
@@ -363,7 +373,8 @@ def _parse_header_block(block: bytes) -> _HeaderBlock:
             if length > MAX_BODY:
                 raise HttpError(413, "request body too large")
         elif name == b"transfer-encoding":
-            chunked = True
+            # Several fields are one list (RFC 9110 5.3); empty members are allowed.
+            codings = (codings or []) + [c.strip() for c in value.lower().split(b",") if c.strip()]
         elif name == b"host":
             hosts += 1
         elif name == b"connection":
@@ -375,5 +386,5 @@ def _parse_header_block(block: bytes) -> _HeaderBlock:
             expects_continue = True
         elif name in _FRAMING_LOOKALIKES:
             raise HttpError(400, "underscore in a framing header name")
-    return _HeaderBlock(tuple(headers), length, chunked, hosts,
+    return _HeaderBlock(tuple(headers), length, codings, hosts,
                         frozenset(connection) if connection else _NO_TOKENS, expects_continue)

@@ -41,7 +41,7 @@ import batcher as batching
 import order_book
 import sale_store
 from admin_api import AdminApi
-from http_connection import Clock, HttpConnection, Registry, Slot
+from http_connection import Clock, HttpConnection, Limits, Listener, Registry, Slot
 from protocol import KNOWN_METHODS, HttpError, Request
 from redis_runner import (
     DEFAULT_LOCAL_URL,
@@ -89,8 +89,12 @@ class Config:
     max_waiting: int = batching.DEFAULT_MAX_WAITING
     max_in_flight: int = batching.DEFAULT_MAX_IN_FLIGHT
     graceful_timeout: float = 10.0
-    keepalive_timeout: float = 5.0
-    header_timeout: float = 10.0
+    keepalive_timeout: float = Limits.keepalive_timeout
+    keepalive_requests: int = Limits.keepalive_requests
+    header_timeout: float = Limits.header_timeout
+    body_timeout: float = Limits.body_timeout
+    send_timeout: float = Limits.send_timeout
+    max_connections: int = Limits.max_connections
     backlog: int = 2048
     demo: bool = True
     log_level: str = "info"
@@ -361,10 +365,14 @@ async def serve(config: Config, abort: Callable[[], None] = lambda: None) -> Non
     )
     app = SeckillApp(config, redis, batcher)
     clock = Clock(loop.time())
-    registry = Registry()
-    server = await loop.create_server(
-        lambda: HttpConnection(app, clock, registry),
-        config.host, config.port, reuse_port=True, backlog=config.backlog,
+    limits = Limits(
+        header_timeout=config.header_timeout, body_timeout=config.body_timeout,
+        keepalive_timeout=config.keepalive_timeout, keepalive_requests=config.keepalive_requests,
+        send_timeout=config.send_timeout, max_connections=config.max_connections,
+    )
+    registry = Registry(limits.max_connections)
+    registry.listener = await Listener.open(
+        lambda: HttpConnection(app, clock, registry, limits), config.host, config.port, config.backlog,
     )
     stop = asyncio.Event()
 
@@ -382,7 +390,7 @@ async def serve(config: Config, abort: Callable[[], None] = lambda: None) -> Non
         clock.now = loop.time()
         app.responses.refresh_date()
         for conn in list(registry.conns):
-            conn.expire(clock.now, config.keepalive_timeout, config.header_timeout)
+            conn.expire(clock.now)
         ticker[0] = loop.call_at(clock.now + 1.0, tick)
 
     ticker = [loop.call_later(1.0, tick)]
@@ -393,7 +401,7 @@ async def serve(config: Config, abort: Callable[[], None] = lambda: None) -> Non
 
     # Graceful: stop accepting, answer what was read, close idle keep-alives, exit.
     deadline = loop.time() + config.graceful_timeout
-    server.close()
+    registry.listener.close()
     for conn in list(registry.conns):
         conn.shutdown()
     try:
@@ -654,8 +662,19 @@ def build_serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keepalive-timeout", type=_bounded(float, 0.0),
                         default=d.keepalive_timeout, metavar="SECONDS",
                         help="close a keep-alive connection idle this long (checked each second)")
+    parser.add_argument("--keepalive-requests", type=_bounded(int, 1), default=d.keepalive_requests,
+                        metavar="N", help="requests per connection, then Connection: close")
     parser.add_argument("--header-timeout", type=_bounded(float, 0.0), default=d.header_timeout,
-                        metavar="SECONDS", help="a request must arrive whole within this, else 408")
+                        metavar="SECONDS",
+                        help="a request's head must arrive whole within this from its first byte, else 408")
+    parser.add_argument("--body-timeout", type=_bounded(float, 0.0), default=d.body_timeout,
+                        metavar="SECONDS", help="a request body stalled this long between two reads gets 408")
+    parser.add_argument("--send-timeout", type=_bounded(float, 0.0), default=d.send_timeout,
+                        metavar="SECONDS",
+                        help="a client that takes none of its answers this long (write buffer full) is dropped")
+    parser.add_argument("--max-connections", type=_bounded(int, 1), default=d.max_connections,
+                        metavar="N", help="open connections per worker; at the limit, stop accepting "
+                        "until one closes (new clients wait in the backlog)")
     parser.add_argument("--backlog", type=_bounded(int, 1), default=d.backlog,
                         help="listen backlog per worker")
     parser.add_argument("--no-demo", dest="demo", action="store_false",

@@ -134,6 +134,9 @@ async def hammer(port: int, paths: list[list[str]]) -> list[Response]:
                     if parsed is not None:
                         response, buf = parsed
                         got.append(response)
+                        if response.headers.get("connection") == "close":  # --keepalive-requests
+                            writer.close()
+                            reader, writer = await asyncio.open_connection("127.0.0.1", port)
                         break
                     chunk = await reader.read(65536)
                     if not chunk:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import re
 import socket
+from collections.abc import Iterator
 
 import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_protocol import BAD
 
-from conftest import create_sale, stream_orders
+from conftest import ServerProcess, create_sale, stream_orders
 from http_client import Conn, fetch, get
 from protocol import HttpError
+from redis_runner import EmbeddedRedis, free_port
 
 
 @pytest.fixture
@@ -186,47 +189,44 @@ def test_pipelined_close_stops_reading(server, redis_client: redis.Redis) -> Non
     assert len(stream_orders(redis_client, "hat")) == 1
 
 
-BIG = 70 * 1024
-MALFORMED = [
-    pytest.param(b"GARBAGE\r\n\r\n", 400, id="malformed-request-line"),
-    pytest.param(b"GET /\r\nHost: t\r\n\r\n", 400, id="no-version"),
-    pytest.param(b"GET / HTTP/1.1\r\nHost t\r\n\r\n", 400, id="header-without-colon"),
-    pytest.param(b"GET / HTTP/1.1\r\nHost : t\r\n\r\n", 400, id="space-before-colon"),
-    pytest.param(b"GET / HTTP/1.1\r\nHost: t\r\n folded\r\n\r\n", 400, id="obs-fold"),
-    pytest.param(b"GET / HTTP/1.1\nHost: t\n\n", 400, id="bare-lf"),
-    pytest.param(b"GET / HTTP/1.1\r\nHost: t\rX: y\r\n\r\n", 400, id="bare-cr"),
-    pytest.param(b"GET / HTTP/1.1\r\nHost: t\x00\r\n\r\n", 400, id="nul-byte"),
-    pytest.param(b"GET / HTTP/1.1\r\n\r\n", 400, id="http11-without-host"),
-    pytest.param(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, id="two-hosts"),
-    pytest.param(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, id="request-line-too-long"),
-    pytest.param(b"GET / HTTP/1.1\r\nHost: t\r\n" + b"X: " + b"a" * 17000 + b"\r\n\r\n", 431, id="head-too-large"),
-    pytest.param(b"GET / HTTP/1.1\r\nHost: t\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431, id="too-many-fields"),
-    pytest.param(b"POST /limit HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % BIG, 413, id="body-too-large"),
-    pytest.param(b"POST /limit HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501,
-                 id="transfer-encoding"),
-    pytest.param(b"POST /limit HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                 400, id="content-length-and-transfer-encoding"),
-    pytest.param(b"POST /limit HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400,
-                 id="differing-content-lengths"),
-    pytest.param(b"POST /limit HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", 400, id="negative-length"),
-    pytest.param(b"BREW /limit HTTP/1.1\r\nHost: t\r\n\r\n", 501, id="unknown-method"),
-    pytest.param(b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505, id="http-2.0"),
-    pytest.param(b"GET / HTTP/1.2\r\nHost: t\r\n\r\n", 505, id="http-1.2"),
-    pytest.param(b"GET / HTTP/0.9\r\n\r\n", 505, id="http-0.9"),
-]
+@pytest.fixture(scope="module")
+def shared_server(redis_server: EmbeddedRedis) -> Iterator[ServerProcess]:
+    """One server for the many hostile-request cases (each starts a connection of its own)."""
+    port = free_port()
+    server = ServerProcess(["--port", str(port), "--redis", redis_server.url, "--no-demo"], 1, port)
+    server.wait_listening()
+    yield server
+    assert server.stop() == 0
 
 
-@pytest.mark.parametrize(("raw", "status"), MALFORMED)
-def test_malformed_request_gets_status_and_close(server, raw: bytes, status: int) -> None:
-    with Conn(server.port) as conn:
-        conn.send(raw)
+def send_bytewise(sock: socket.socket, raw: bytes) -> None:
+    """One byte per send, until the server answers early and closes (then sends fail)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(len(raw)):
+        try:
+            sock.send(raw[i : i + 1])
+        except OSError:
+            return
+
+
+@pytest.mark.parametrize("way", ["whole", "bytewise"])
+@pytest.mark.parametrize(("raw", "status"), BAD)
+def test_hostile_request_gets_status_and_close(shared_server: ServerProcess, raw: bytes, status: int,
+                                               way: str) -> None:
+    """Every case of the parser's table (test_protocol.BAD), over a real socket."""
+    with Conn(shared_server.port) as conn:
+        if way == "whole":
+            conn.send(raw)
+        else:
+            send_bytewise(conn.sock, raw)
         response = conn.responses(1)[0]
         assert response.status == status
         assert response.headers["connection"] == "close"
         assert "error" in response.json()
         assert conn.closed_by_server()
     # The worker goes on serving the next client.
-    assert fetch(server.port, "GET", "/healthz").status == 200
+    assert fetch(shared_server.port, "GET", "/healthz").status == 200
+    assert shared_server.proc.poll() is None
 
 
 def test_idle_keep_alive_is_closed(start_server, redis_client: redis.Redis) -> None:

@@ -151,6 +151,9 @@ def test_restock_mid_load_gives_exactly_the_new_units(start_server, redis_client
                 assert chunk, "server closed the connection"
                 buf += chunk
             response, buf = parsed
+            if response.headers.get("connection") == "close":  # --keepalive-requests: reconnect
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             answer = response.json()
             if answer["result"] == "won":
                 wins.append((time.monotonic(), answer))

@@ -329,6 +329,14 @@ BAD = [
     # RFC 9112 6.1: a server that does not understand a transfer coding answers 501.
     pytest.param(CHUNKED_POST, 501, id="transfer-encoding-chunked"),
     pytest.param(post(b"Transfer-Encoding: gzip, chunked"), 501, id="transfer-encoding-gzip-chunked"),
+    # RFC 9112 6.3: chunked not last (or absent) leaves the body's end unknown: 400.
+    pytest.param(post(b"Transfer-Encoding: chunked, gzip"), 400, id="transfer-encoding-chunked-not-last"),
+    pytest.param(post(b"Transfer-Encoding: gzip"), 400, id="transfer-encoding-gzip-alone"),
+    pytest.param(post(b"Transfer-Encoding: chunked", b"Transfer-Encoding: gzip"), 400,
+                 id="transfer-encoding-two-fields-chunked-first"),
+    pytest.param(post(b"Transfer-Encoding:"), 400, id="transfer-encoding-empty"),
+    pytest.param(post(b"Transfer-Encoding: gzip", b"Transfer-Encoding: chunked"), 501,
+                 id="transfer-encoding-two-fields-chunked-last"),
     # RFC 9112 6.1: both framing headers is a smuggling attempt.
     pytest.param(post(b"Content-Length: 5", b"Transfer-Encoding: chunked") + b"hello", 400,
                  id="content-length-and-transfer-encoding"),

@@ -102,7 +102,8 @@ def test_admission_of_a_missing_item_creates_nothing(redis_client: redis.Redis) 
 
 def test_sold_out_gate_sees_a_restock(start_server, redis_client: redis.Redis) -> None:
     create_sale(redis_client, "hat", 1)
-    server = start_server("--gate-interval", "0.05")
+    # Many requests on the one connection, past the default --keepalive-requests.
+    server = start_server("--gate-interval", "0.05", "--keepalive-requests", "1000000")
     with Conn(server.port) as conn:
         assert conn.request(get("/seckill/hat")).status == 200
         assert conn.request(get("/seckill/hat")).status == 409
