@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench fuzz lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Coverage-guided fuzzing of the HTTP parser (atheris); FUZZ_ARGS=-max_total_time=600 for longer.
+fuzz: $(VENV)/.installed-dev
+	$(BIN)/python fuzz/fuzz_parser.py $(or $(FUZZ_ARGS),-max_total_time=60)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -290,6 +290,10 @@ def _parse_head(head: bytes) -> tuple[Request, int, bool]:
         method, target, major, minor = match.groups()
         if major != b"1" or minor not in (b"0", b"1"):
             raise HttpError(505, "HTTP version not supported")
+    if len(method) > MAX_METHOD:
+        # As an incomplete head is refused (_doomed_head), so is a complete one: at once,
+        # not after its body.
+        raise HttpError(501, "method not implemented")
     http10 = minor == b"0"
 
     block = _HEADER_BLOCKS.get(block_bytes)

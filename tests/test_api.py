@@ -13,9 +13,10 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_protocol import BAD
+from test_protocol_fuzz import PIECES, SEEDS
 
 from conftest import ServerProcess, create_sale, stream_orders
-from http_client import Conn, fetch, get
+from http_client import Conn, fetch, get, parse_one
 from protocol import HttpError
 from redis_runner import EmbeddedRedis, free_port
 
@@ -227,6 +228,51 @@ def test_hostile_request_gets_status_and_close(shared_server: ServerProcess, raw
     # The worker goes on serving the next client.
     assert fetch(shared_server.port, "GET", "/healthz").status == 200
     assert shared_server.proc.poll() is None
+
+
+def _exchange(port: int, raw: bytes) -> bytes:
+    """Send raw bytes, half-close, and take everything the server says until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # it already answered and closed
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+        return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=2048),
+    st.lists(st.sampled_from(PIECES), max_size=80).map(b"".join),
+    st.tuples(st.sampled_from(SEEDS), st.integers(0, 200), st.binary(max_size=8)).map(
+        lambda t: t[0][: t[1]] + t[2] + t[0][t[1] :]),
+))
+def test_random_bytes_never_break_a_worker(shared_server: ServerProcess, raw: bytes) -> None:
+    """Over a live server: whatever arrives, every answer is well-formed HTTP and the
+    worker keeps serving (h11's afl-server.py, over a socket)."""
+    out = _exchange(shared_server.port, raw)
+    while out:
+        if out.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"):
+            out = out[25:]
+            continue
+        parsed = parse_one(out)
+        assert parsed is not None, out
+        response, out = parsed
+        assert 200 <= response.status < 600
+    assert shared_server.proc.poll() is None
+    assert fetch(shared_server.port, "GET", "/healthz").status == 200
+
+
+def test_the_shared_server_logged_no_error(shared_server: ServerProcess) -> None:
+    # Runs after the hostile and random requests above (same module-scoped server).
+    assert "Traceback" not in shared_server.log and " ERROR " not in shared_server.log, shared_server.log
 
 
 def test_idle_keep_alive_is_closed(start_server, redis_client: redis.Redis) -> None:
