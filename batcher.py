@@ -7,7 +7,7 @@ script call per item (`sale_store.ADMIT_LUA`). At 100 connections that is one ro
 for dozens of requests instead of one each, which is what makes the server fast.
 
 Each request gets its own answer through `Waiter.finish()`. A batch whose outcome is
-unknown (timeout, connection lost, a Redis error) answers UNAVAILABLE: never "won"
+unknown (timeout, connection lost twice, a Redis error) answers UNAVAILABLE: never "won"
 without the script's word for it. The waiting queue is bounded; past the bound a
 request is refused at once (UNAVAILABLE) rather than growing memory.
 
@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, TypeGuard
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from redis_pipe import OrderedPipe
@@ -175,7 +176,14 @@ class Batcher:
             self._warned_at = now
 
     async def _call(self, calls: list[tuple[str, str, Sequence[tuple[bytes, Waiter]]]]) -> list[object]:
-        replies = await self._pipeline(calls)
+        try:
+            replies = await self._pipeline(calls)
+        except (RedisConnectionError, OSError):
+            # The connection was dead (Redis restarted or failed over while we were idle,
+            # or a batch ahead of this one was abandoned): once more on a fresh one, within
+            # the same timeout. Safe even if the first attempt ran: a batch id already run
+            # returns its stored reply and grants nothing again (sale_store.ADMIT_LUA).
+            replies = await self._pipeline(calls)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
             # Redis restarted or flushed its script cache. NOSCRIPT means the call did

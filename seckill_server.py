@@ -70,6 +70,7 @@ log = logging.getLogger("seckill")
 EXIT_USAGE = 2
 EXIT_REDIS = 3
 EXIT_BIND = 4
+EXIT_FORCED = 1  # a second SIGTERM/SIGINT cut the drain short: answers may be missing
 
 MAX_USER = 128  # characters in a user id: room for an email or a UUID, bounds the stream
 # `user=<id>` alone, with no byte that query decoding would change (%, +, &, =, #).
@@ -352,9 +353,14 @@ def make_redis(url: str, timeout: float) -> Redis:
     )
 
 
-async def serve(config: Config, abort: Callable[[], None] = lambda: None) -> None:
+async def serve(config: Config, abort: Callable[[], None] | None = None) -> None:
     """Run one worker until SIGTERM/SIGINT, then drain within the graceful timeout.
-    A second signal calls `abort` (the parent's clean-up) and exits at once."""
+
+    Alone (`abort` given: the clean-up of the process, e.g. stopping the embedded Redis),
+    a second signal calls it and exits at once. Under `supervise()` (no `abort`) later
+    signals are ignored: one stop often reaches a worker twice (Ctrl-C hits the whole
+    process group, systemd signals the whole cgroup, and the parent relays it too), and
+    the parent is who answers a second signal, by killing the workers."""
     loop = asyncio.get_running_loop()
     assert config.redis is not None
     redis = make_redis(config.redis, config.redis_timeout)
@@ -377,9 +383,14 @@ async def serve(config: Config, abort: Callable[[], None] = lambda: None) -> Non
     stop = asyncio.Event()
 
     def on_signal() -> None:
-        if stop.is_set():  # a second signal: leave now
+        if stop.is_set():
+            if abort is None:
+                return
+            log.warning("worker %d: second signal, exiting without finishing", os.getpid())
             abort()
-            os._exit(1)
+            os._exit(EXIT_FORCED)
+        log.info("worker %d draining: answering what was read, within %gs", os.getpid(),
+                 config.graceful_timeout)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -414,7 +425,7 @@ async def serve(config: Config, abort: Callable[[], None] = lambda: None) -> Non
     await redis.aclose()
 
 
-def run_worker(config: Config, abort: Callable[[], None] = lambda: None) -> None:
+def run_worker(config: Config, abort: Callable[[], None] | None = None) -> None:
     uvloop.run(serve(config, abort))
 
 
@@ -536,8 +547,10 @@ def supervise(config: Config) -> int:
             info = signal.sigwaitinfo(_PARENT_SIGNALS)
         if info is not None and info.si_signo != signal.SIGCHLD:
             if stopping:  # a second signal: stop now
+                log.warning("second signal: killing %d workers without finishing", len(children))
                 for pid in children:
                     os.kill(pid, signal.SIGKILL)
+                exit_code = EXIT_FORCED
             else:
                 stopping = True
                 deadline = time.monotonic() + config.graceful_timeout + 1.0
