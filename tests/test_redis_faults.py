@@ -559,6 +559,31 @@ def test_second_signal_stops_a_hung_drain_at_once(start_server, own_redis, worke
         assert buyer.buf == b""  # the stuck purchase got no answer, certainly not a 200
 
 
+def test_a_stop_that_reaches_the_workers_twice_still_drains(start_server, own_redis) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C signals the whole process group and systemd the whole cgroup, so each worker
+    gets the stop directly and again from the parent: that is one stop, not a second."""
+    own, r = own_redis
+    create_sale(r, "hat", 10)
+    server = start_server("--redis-timeout", "30", "--graceful-timeout", "30", workers=2, redis_url=own.url)
+    workers = [int(x.split("worker ")[1].split()[0]) for x in server.lines if " listening on " in x]
+    with Conn(server.port) as buyer:
+        with own.stalled():
+            buyer.send(get("/seckill/hat?user=patient"))
+            poll(lambda: unread_bytes_at(own.port) > 0, "the batch to reach Redis")
+            for pid in workers:
+                os.kill(pid, signal.SIGINT)  # as Ctrl-C in a terminal
+            server.proc.send_signal(signal.SIGINT)  # the parent relays it as SIGTERM
+            server.wait_for(lambda lines: sum(" draining: " in x for x in lines) == 2)
+            server.wait_for(lambda lines: any("stopping 2 workers" in x for x in lines))
+        # Redis resumes: the purchase in flight is answered, then the server exits cleanly.
+        answer = buyer.responses(1)[0]
+        assert answer.status == 200 and answer.json()["result"] == "won"
+        assert buyer.closed_by_server()
+    assert server.proc.wait(15) == 0, server.log
+    assert "without finishing" not in server.log
+    assert [o["user"] for o in stream_orders(r, "hat")] == ["patient"]
+
+
 def test_first_batch_after_a_quick_redis_restart_is_not_refused(start_server, own_redis) -> None:  # type: ignore[no-untyped-def]
     own, r = own_redis
     create_sale(r, "hat", 10)
