@@ -58,6 +58,13 @@ class Limits:
     max_connections: int = 10_000
 
 
+# After our last answer to a client that may still be sending (an error, a deadline, a
+# stop mid-request), how long we read and discard before closing anyway. Closing with
+# unread input makes the kernel send a reset, which can destroy the answer on its way
+# (nginx's lingering_close; its lingering_timeout is 5 s).
+LINGER_TIMEOUT = 2.0
+
+
 class App(TypingProtocol):
     responses: Responses
 
@@ -208,7 +215,7 @@ class Slot:
                 return
             transport.write(data)
             if self.close or conn.closing:
-                transport.close()
+                conn._end()
             elif conn._reading_paused and not conn._writing_paused:
                 conn._resume_reading()
                 conn._process()
@@ -221,7 +228,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_app", "_clock", "_registry", "_limits", "_transport", "_parser", "_pending",
         "closing", "_reading_paused", "_writing_paused", "last_active", "started",
-        "_requests_left", "_unread_since",
+        "_requests_left", "_unread_since", "_unclean", "_linger_since",
     )
 
     def __init__(self, app: App, clock: Clock, registry: Registry, limits: Limits) -> None:
@@ -239,6 +246,8 @@ class HttpConnection(asyncio.Protocol):
         self.started = clock.now  # when the request being received began
         self._requests_left = limits.keepalive_requests
         self._unread_since = 0.0  # when the client stopped taking our writes
+        self._unclean = False  # we stop while the client may still be sending
+        self._linger_since = 0.0  # half-closed by us at this time, discarding input
 
     # --- asyncio callbacks -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -252,6 +261,8 @@ class HttpConnection(asyncio.Protocol):
         self._registry.discard(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_since:
+            return  # after our last answer: discarded
         now = self.last_active = self._clock.now
         if self._parser.feed(data):
             self.started = now
@@ -260,8 +271,8 @@ class HttpConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # A half-closed client still gets the answers to what it sent.
         self.closing = True
-        if not self._pending:
-            return False
+        if not self._pending or self._linger_since:
+            return False  # the transport closes
         return True
 
     def pause_writing(self) -> None:
@@ -287,7 +298,7 @@ class HttpConnection(asyncio.Protocol):
             try:
                 request = parser.next_request()
             except HttpError as exc:
-                self.closing = True
+                self.closing = self._unclean = True
                 answer: bytes | Slot = self._app.responses.get(
                     exc.status, json_body({"error": exc.reason}), CLOSE
                 )
@@ -319,7 +330,7 @@ class HttpConnection(asyncio.Protocol):
         if out:
             transport.write(out)
         if self.closing and not pending:
-            transport.close()
+            self._end()
 
     def new_slot(self) -> Slot:
         """A slot for an answer that comes later; closes the connection if this request does."""
@@ -342,10 +353,30 @@ class HttpConnection(asyncio.Protocol):
             return
         transport.write(b"".join(out))  # type: ignore[arg-type]
         if close or (self.closing and not pending):
-            transport.close()
+            self._end()
         elif self._reading_paused and not self._writing_paused and len(pending) < MAX_PIPELINED:
             self._resume_reading()
             self._process()
+
+    def _end(self) -> None:
+        """Close after the last answer. A client that may still be sending (an error, a
+        deadline, a stop mid-request, input read past a closing request) is half-closed
+        instead: our answers, then FIN; we discard its input until it closes too, or
+        LINGER_TIMEOUT (expire) passes."""
+        transport = self._transport
+        if transport is None or self._linger_since:
+            return
+        if not (self._unclean or self._parser.buffered or self._reading_paused):
+            transport.close()  # the usual end: a `Connection: close` request fully read
+            return
+        self._linger_since = self._clock.now or 1e-9
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError, NotImplementedError):
+            transport.close()
+            return
+        self._reading_paused = True  # so _resume_reading resumes whatever state it is in
+        self._resume_reading()
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self._transport is not None:
@@ -371,6 +402,10 @@ class HttpConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
+        if self._linger_since:
+            if now - self._linger_since >= LINGER_TIMEOUT:
+                transport.close()
+            return
         limits = self._limits
         if self._writing_paused:
             if now - self._unread_since >= limits.send_timeout:
@@ -390,12 +425,14 @@ class HttpConnection(asyncio.Protocol):
             # From the head's first byte: trickling bytes does not extend it.
             stalled = now - self.started >= limits.header_timeout
         if stalled:
-            self.closing = True
+            self.closing = self._unclean = True
             transport.write(self._app.responses.get(408, json_body({"error": "request timeout"}), CLOSE))
-            transport.close()
+            self._end()
 
     def shutdown(self) -> None:
         """Stop reading new requests; close now if idle, else after the answers owed."""
         self.closing = True
+        if self._parser.mid_request:
+            self._unclean = True
         if self._transport is not None and not self._pending:
-            self._transport.close()
+            self._end()

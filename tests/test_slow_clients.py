@@ -99,7 +99,7 @@ def test_a_client_that_does_not_read_is_dropped_after_send_timeout(start_server,
                                                                    redis_client: redis.Redis) -> None:
     # With room for one connection, the next client is served only once the reader that
     # takes none of its answers has been dropped.
-    server = start_server("--max-connections", "1", "--send-timeout", "1")
+    server = start_server("--max-connections", "1", "--send-timeout", "1", "--keepalive-requests", "10000000")
     greedy = socket.create_connection(("127.0.0.1", server.port))
     greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     greedy.settimeout(0.5)
@@ -192,3 +192,16 @@ def test_slowloris_is_cut_by_the_head_deadline_while_others_are_served(start_ser
           f"beside 500 slowloris sockets {p99_loaded * 1e6:.0f} us ({len(loaded)} requests)")
     assert p99_loaded < 10 * p99_unloaded, (p99_unloaded, p99_loaded)
     assert fetch(server.port, "GET", "/healthz").status == 200
+
+
+def test_an_error_answer_reaches_a_client_still_sending(start_server, redis_client: redis.Redis) -> None:
+    """413 while the client is still sending its body: we half-close and discard its input
+    (lingering close) instead of closing with input unread, which would send a reset that
+    can destroy the answer. The client sees the answer, then a clean end (no reset)."""
+    server = start_server()
+    with Conn(server.port) as conn:
+        conn.send(b"POST /seckill/hat HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\n")
+        conn.sock.sendall(b"u" * 2_000_000)  # as clients do: the body follows, unasked
+        response = conn.responses(1)[0]
+        assert response.status == 413 and response.headers["connection"] == "close"
+        assert conn.sock.recv(65536) == b""  # FIN, not ECONNRESET
