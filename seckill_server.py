@@ -83,6 +83,7 @@ class Config:
     port: int = 5000
     redis: str | None = None  # None: 127.0.0.1:6379 if it answers, else the embedded one
     data_dir: str = "./seckill-data"
+    fsync: str = "always"  # the embedded Redis's appendfsync: "always" loses no acknowledged win
     workers: int = 1
     redis_timeout: float = 1.0
     gate_interval: float = 0.1
@@ -440,13 +441,13 @@ def resolve_redis(config: Config) -> tuple[str, EmbeddedRedis | None]:
     if answers("127.0.0.1", 6379):
         log.info("using the Redis on 127.0.0.1:6379")
         return DEFAULT_LOCAL_URL, None
-    embedded = EmbeddedRedis(config.data_dir)
+    embedded = EmbeddedRedis(config.data_dir, appendfsync=config.fsync)
     try:
         url = embedded.start()
     except RedisStartError as exc:
         die(str(exc), EXIT_REDIS)
-    log.info("started embedded redis-server %s at %s (AOF everysec in %s)",
-             embedded.binary, url, embedded.data_dir)
+    log.info("started embedded redis-server %s at %s (AOF, appendfsync %s, in %s)",
+             embedded.binary, url, config.fsync, embedded.data_dir)
     return url, embedded
 
 
@@ -465,6 +466,7 @@ async def _prepare(config: Config) -> None:
     redis = make_redis(config.redis, max(config.redis_timeout, 5.0))
     try:
         await redis.script_load(sale_store.ADMIT_LUA)
+        await _log_durability(redis)
         if config.demo and await sale_store.create_sale(
             redis, sale_store.DEMO_ITEM, sale_store.Terms(stock=sale_store.DEMO_STOCK), sale_store.DEMO_SOLD
         ):
@@ -472,6 +474,30 @@ async def _prepare(config: Config) -> None:
                      sale_store.DEMO_ITEM, sale_store.DEMO_STOCK, sale_store.DEMO_SOLD)
     finally:
         await redis.aclose()
+
+
+async def _log_durability(redis: Redis) -> None:
+    """Say at start-up what a Redis crash would do to acknowledged wins (README: Limits and
+    guarantees), from the Redis's own persistence settings."""
+    settings = {}
+    try:
+        for name in ("appendonly", "appendfsync", "save"):  # one per call: Redis < 7 takes one
+            settings.update(await redis.config_get(name))
+    except (RedisError, OSError):  # CONFIG is often disabled on managed Redis
+        log.info("Redis persistence unknown (CONFIG GET refused): see README, Durability of a win")
+        return
+    aof, fsync, save = (
+        x.decode() if isinstance(x, bytes) else str(x)
+        for x in (settings.get(k, "") for k in ("appendonly", "appendfsync", "save"))
+    )
+    if aof == "yes" and fsync == "always":
+        log.info("Redis persistence: AOF, appendfsync always: an acknowledged win survives a Redis crash")
+    elif aof == "yes":
+        log.warning("Redis persistence: AOF, appendfsync %s: a Redis crash can lose the last ~1 s of "
+                    "acknowledged wins and sell their units again (appendfsync always loses none)", fsync)
+    else:
+        log.warning("Redis persistence: %s: a Redis crash loses acknowledged wins (use appendonly yes, "
+                    "appendfsync always)", f"RDB snapshots ({save})" if save else "none")
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -656,6 +682,10 @@ def build_serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default=d.host, help="address to listen on")
     parser.add_argument("--port", type=_bounded(int, 1, 65535), default=d.port, help="TCP port")
     _add_redis_flags(parser)
+    parser.add_argument("--fsync", choices=["always", "everysec"], default=d.fsync,
+                        help="the embedded Redis's AOF fsync: always (an acknowledged win survives a crash; "
+                        "about a third fewer wins per second while units remain) or everysec (a crash "
+                        "can lose the last ~1 s of wins). A --redis server keeps its own setting")
     parser.add_argument("--workers", type=_bounded(int, 1, 256), default=d.workers,
                         help="worker processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--redis-timeout", type=_bounded(float, 0.001), default=d.redis_timeout,

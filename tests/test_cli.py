@@ -101,6 +101,8 @@ def test_embedded_redis_is_started_and_stopped(tmp_path) -> None:
     try:
         server.wait_listening()
         assert "started embedded redis-server" in server.log
+        # The embedded Redis fsyncs each write before it replies: a win survives a crash.
+        assert "appendfsync always: an acknowledged win survives a Redis crash" in server.log
         assert fetch(port, "GET", "/limit").status == 200
         url = (tmp_path / "redis.url").read_text().strip()
         status = run_cli("status", "limit", "--data-dir", str(tmp_path))
@@ -162,3 +164,9 @@ def test_console_script_is_installed() -> None:
     script = os.path.join(os.path.dirname(sys.executable), "seckill-server")
     result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout.startswith("seckill ")
+
+
+def test_start_up_says_what_a_redis_crash_would_lose(start_server, redis_client: redis.Redis) -> None:
+    # The session Redis runs AOF everysec: the server warns about it, once, at start-up.
+    server = start_server()
+    assert "appendfsync everysec: a Redis crash can lose the last ~1 s of acknowledged wins" in server.log
