@@ -308,7 +308,8 @@ class HttpConnection(asyncio.Protocol):
                 if request is None:
                     # A client waiting for `100 Continue` before its body gets it, unless
                     # answers ahead are not ready (it then sends the body after its own wait).
-                    if not pending and parser.take_continue():
+                    if parser.wants_continue and not pending:  # (an attribute: read every time)
+                        parser.take_continue()
                         out += CONTINUE
                     break
                 self._requests_left -= 1
@@ -404,7 +405,10 @@ class HttpConnection(asyncio.Protocol):
             return
         if self._linger_since:
             if now - self._linger_since >= LINGER_TIMEOUT:
-                transport.close()
+                if self._writing_paused:  # not reading our answer either: a close() would
+                    transport.abort()  # wait for a flush that never comes
+                else:
+                    transport.close()
             return
         limits = self._limits
         if self._writing_paused:

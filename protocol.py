@@ -104,7 +104,7 @@ class Request:
 class RequestParser:
     """Feed bytes in, take complete requests out. After an error the parser is dead."""
 
-    __slots__ = ("_buf", "_scan_from", "_head", "_body_left", "_closed", "_continue")
+    __slots__ = ("_buf", "_scan_from", "_head", "_body_left", "_closed", "wants_continue")
 
     def __init__(self) -> None:
         self._buf = b""
@@ -112,7 +112,8 @@ class RequestParser:
         self._head: Request | None = None  # parsed head waiting for its body
         self._body_left = 0
         self._closed = False
-        self._continue = False  # a head with `Expect: 100-continue` waits for its body
+        # A head with `Expect: 100-continue` waits for its body (read it; take_continue() clears it).
+        self.wants_continue = False
 
     @property
     def buffered(self) -> int:
@@ -140,7 +141,7 @@ class RequestParser:
     def take_continue(self) -> bool:
         """True once when a request's head asked for `100 Continue` before sending its body
         and the body has not come yet: the caller may send the interim response."""
-        wanted, self._continue = self._continue, False
+        wanted, self.wants_continue = self.wants_continue, False
         return wanted
 
     def next_request(self) -> Request | None:
@@ -184,7 +185,7 @@ class RequestParser:
                     return request
                 self._head = request
                 self._body_left = length
-                self._continue = expects
+                self.wants_continue = expects
                 self._buf = rest
             buf = self._buf
             if len(buf) < self._body_left:
@@ -192,7 +193,7 @@ class RequestParser:
             request.body = buf[: self._body_left]
             self._buf = buf[self._body_left :]
             self._head = None
-            self._continue = False
+            self.wants_continue = False
             self._scan_from = 0
             return request
         except HttpError:
