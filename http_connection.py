@@ -291,6 +291,7 @@ class HttpConnection(asyncio.Protocol):
         parser = self._parser
         pending = self._pending
         out = b""  # answers ready now, in order, ahead of anything pending
+        left = self._requests_left  # (a local in the loop: this runs for every request)
         while not self.closing:
             if len(pending) >= MAX_PIPELINED:
                 self._pause_reading()
@@ -312,8 +313,8 @@ class HttpConnection(asyncio.Protocol):
                         parser.take_continue()
                         out += CONTINUE
                     break
-                self._requests_left -= 1
-                if not request.keep_alive or not self._requests_left:
+                left -= 1
+                if not left or not request.keep_alive:
                     self.closing = True
                 answer = self._app.dispatch(request, self)
             if answer.__class__ is bytes:
@@ -325,6 +326,7 @@ class HttpConnection(asyncio.Protocol):
                     out += answer
             else:
                 pending.append(answer)  # type: ignore[arg-type]
+        self._requests_left = left
         transport = self._transport
         if transport is None:
             return
