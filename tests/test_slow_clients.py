@@ -72,8 +72,9 @@ def test_head_deadline_is_not_extended_by_trickled_bytes(start_server, redis_cli
         response = conn.responses(1)[0]
         assert response.status == 408
         assert conn.closed_by_server()
-    # The deadline counts from the first byte (checked by a once-a-second tick).
-    assert 2 <= elapsed < 5, elapsed
+    # From the first byte: trickling all 100 bytes would take 20 s. The worker's clock
+    # advances once a second, so the deadline fires within a second either side of 2 s.
+    assert 1 <= elapsed < 4, elapsed
 
 
 def test_max_connections_waits_in_the_backlog_not_dropped(start_server, redis_client: redis.Redis) -> None:
