@@ -84,7 +84,7 @@ class Registry:
     """The open connections of one worker, and a way to wait until there are none.
     At `limit` connections it pauses its `listener`, and resumes it when one closes."""
 
-    __slots__ = ("conns", "_empty", "limit", "listener", "_warned_at")
+    __slots__ = ("conns", "_empty", "limit", "listener", "_warned_at", "draining")
 
     def __init__(self, limit: int = Limits.max_connections) -> None:
         self.conns: set[HttpConnection] = set()
@@ -92,9 +92,23 @@ class Registry:
         self.limit = limit
         self.listener: Listener | None = None
         self._warned_at = -1e9
+        self.draining = False
+
+    def shutdown(self) -> None:
+        """Graceful stop: no more accepting; every connection ends once its answers are out."""
+        self.draining = True
+        if self.listener is not None:
+            self.listener.close()
+        for conn in list(self.conns):
+            conn.shutdown()
 
     def add(self, conn: HttpConnection) -> None:
         self.conns.add(conn)
+        if self.draining:
+            # Accepted just before the listener closed (connection_made comes a loop turn
+            # after the accept): it would otherwise live on as a keep-alive connection.
+            conn.shutdown(unread=True)
+            return
         listener = self.listener
         if len(self.conns) >= self.limit and listener is not None and not listener.paused:
             listener.pause()
@@ -435,10 +449,11 @@ class HttpConnection(asyncio.Protocol):
             transport.write(self._app.responses.get(408, json_body({"error": "request timeout"}), CLOSE))
             self._end()
 
-    def shutdown(self) -> None:
-        """Stop reading new requests; close now if idle, else after the answers owed."""
+    def shutdown(self, unread: bool = False) -> None:
+        """Stop reading new requests; close now if idle, else after the answers owed.
+        `unread`: the client may have sent what we will not read (linger, see _end)."""
         self.closing = True
-        if self._parser.mid_request:
+        if unread or self._parser.mid_request:
             self._unclean = True
         if self._transport is not None and not self._pending:
             self._end()

@@ -413,9 +413,7 @@ async def serve(config: Config, abort: Callable[[], None] | None = None) -> None
 
     # Graceful: stop accepting, answer what was read, close idle keep-alives, exit.
     deadline = loop.time() + config.graceful_timeout
-    registry.listener.close()
-    for conn in list(registry.conns):
-        conn.shutdown()
+    registry.shutdown()
     try:
         await asyncio.wait_for(batcher.drain(), max(0.0, deadline - loop.time()))
         await asyncio.wait_for(registry.wait_empty(), max(0.0, deadline - loop.time()))
