@@ -208,6 +208,18 @@ class Listener:
             sock.close()
 
 
+class _Discarding(RequestParser):
+    """The parser of a lingering connection: takes bytes, keeps none (no state: shared)."""
+
+    __slots__ = ()
+
+    def feed(self, data: bytes) -> bool:
+        return False
+
+
+_DISCARD = _Discarding()
+
+
 class Slot:
     """A place in a connection's answer queue, filled when its answer is known."""
 
@@ -275,8 +287,6 @@ class HttpConnection(asyncio.Protocol):
         self._registry.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._linger_since:
-            return  # after our last answer: discarded
         now = self.last_active = self._clock.now
         if self._parser.feed(data):
             self.started = now
@@ -387,6 +397,7 @@ class HttpConnection(asyncio.Protocol):
             transport.close()  # the usual end: a `Connection: close` request fully read
             return
         self._linger_since = self._clock.now or 1e-9
+        self._parser = _DISCARD  # what it sends now is read and dropped
         try:
             transport.write_eof()
         except (OSError, RuntimeError, NotImplementedError):

@@ -229,10 +229,12 @@ class SeckillApp:
             item = self._item(raw_item)
         if request.method not in _PURCHASE_METHODS:
             return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_PURCHASE)
-        user = _user(request) if request.query or request.body else b""
         batcher = self.batcher
         if batcher.sold_out(item):
+            # Before reading the user: after a sell-out this is nearly every request, and
+            # the answer is the same for anyone (a malformed user too).
             return self.purchase_answer(item, batching.SOLD_OUT, mode)
+        user = _user(request) if request.query or request.body else b""
         purchase = Purchase(self, conn, item, mode)
         if not batcher.submit(item, user, purchase):
             return self.purchase_answer(item, batching.UNAVAILABLE, mode)

@@ -75,6 +75,16 @@ def test_invalid_user_is_400(server, redis_client: redis.Redis) -> None:
     assert len(stream_orders(redis_client, "hat")) == 0
 
 
+def test_sold_out_is_answered_before_the_user_is_read(server, redis_client: redis.Redis) -> None:
+    # The gate's answer is the same for anyone; it skips parsing the user (the cost of
+    # nearly every request after a sell-out), so a malformed user hears 409 too.
+    create_sale(redis_client, "hat", 1)
+    assert fetch(server.port, "GET", "/seckill/hat?user=first").status == 200
+    for path in ("/seckill/hat?user=%01", "/seckill/hat?user=" + "x" * 129, "/seckill/hat?user=ok"):
+        response = fetch(server.port, "GET", path)
+        assert (response.status, response.json()["result"]) == (409, "sold_out")
+
+
 def test_limit_is_the_demo_item(start_server, redis_client: redis.Redis) -> None:
     server = start_server(demo=True)
     assert fetch(server.port, "GET", "/stock/limit").json() == {
