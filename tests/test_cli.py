@@ -36,6 +36,10 @@ def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
         ["--redis", "http://example"],
         ["--bogus"],
         ["--log-level", "loud"],
+        ["--keepalive-requests", "0"],
+        ["--max-connections", "-1"],
+        ["--send-timeout", "soon"],
+        ["--fsync", "never"],
         ["create", "hat"],
         ["create", "hat", "--stock", "-5"],
         ["create", "b@d", "--stock", "5"],
@@ -52,7 +56,8 @@ def test_bad_arguments_one_line_and_nonzero_exit(args: list[str]) -> None:
 def test_help_documents_every_flag_with_default() -> None:
     text = run_cli("--help").stdout
     for flag in ("--host", "--port", "--redis", "--workers", "--redis-timeout", "--graceful-timeout",
-                 "--gate-interval", "--data-dir", "--no-demo", "--max-batch", "--max-waiting"):
+                 "--gate-interval", "--data-dir", "--no-demo", "--max-batch", "--max-waiting", "--fsync",
+                 "--keepalive-requests", "--body-timeout", "--send-timeout", "--max-connections"):
         assert flag in text
     assert "(default: 5000)" in text and "(default: 1.0)" in text
 
