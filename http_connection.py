@@ -166,6 +166,14 @@ class Listener:
         await listener._serve()
         return listener
 
+    @classmethod
+    async def serve_socket(cls, factory: Callable[[], asyncio.Protocol], sock: socket.socket,
+                           backlog: int) -> Listener:
+        """Accept from a socket bound elsewhere (the parent's --uds socket, shared by workers)."""
+        listener = cls(factory, [socket.socket(fileno=os.dup(sock.fileno()))], backlog)
+        await listener._serve()
+        return listener
+
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         servers = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -27,6 +28,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -81,6 +83,7 @@ _PLAIN_USER_QUERY = re.compile(rb"user=[A-Za-z0-9._~:@!$'()*,;/?-]{0,%d}" % MAX_
 class Config:
     host: str = "127.0.0.1"
     port: int = 5000
+    uds: str | None = None  # a unix socket to listen on instead of host:port (behind nginx)
     redis: str | None = None  # None: 127.0.0.1:6379 if it answers, else the embedded one
     data_dir: str = "./seckill-data"
     fsync: str = "always"  # the embedded Redis's appendfsync: "always" loses no acknowledged win
@@ -356,14 +359,18 @@ def make_redis(url: str, timeout: float) -> Redis:
     )
 
 
-async def serve(config: Config, abort: Callable[[], None] | None = None) -> None:
+async def serve(config: Config, abort: Callable[[], None] | None = None,
+                listening: socket.socket | None = None) -> None:
     """Run one worker until SIGTERM/SIGINT, then drain within the graceful timeout.
 
     Alone (`abort` given: the clean-up of the process, e.g. stopping the embedded Redis),
     a second signal calls it and exits at once. Under `supervise()` (no `abort`) later
     signals are ignored: one stop often reaches a worker twice (Ctrl-C hits the whole
     process group, systemd signals the whole cgroup, and the parent relays it too), and
-    the parent is who answers a second signal, by killing the workers."""
+    the parent is who answers a second signal, by killing the workers.
+
+    `listening`: a socket bound by the parent (--uds) that every worker accepts from;
+    without it each worker binds host:port itself (SO_REUSEPORT)."""
     loop = asyncio.get_running_loop()
     assert config.redis is not None
     redis = make_redis(config.redis, config.redis_timeout)
@@ -380,9 +387,15 @@ async def serve(config: Config, abort: Callable[[], None] | None = None) -> None
         send_timeout=config.send_timeout, max_connections=config.max_connections,
     )
     registry = Registry(limits.max_connections)
-    registry.listener = await Listener.open(
-        lambda: HttpConnection(app, clock, registry, limits), config.host, config.port, config.backlog,
-    )
+    def factory() -> HttpConnection:
+        return HttpConnection(app, clock, registry, limits)
+
+    if listening is not None:
+        registry.listener = await Listener.serve_socket(factory, listening, config.backlog)
+        where = f"unix:{config.uds}"
+    else:
+        registry.listener = await Listener.open(factory, config.host, config.port, config.backlog)
+        where = f"{config.host}:{config.port}"
     stop = asyncio.Event()
 
     def on_signal() -> None:
@@ -409,7 +422,7 @@ async def serve(config: Config, abort: Callable[[], None] | None = None) -> None
 
     ticker = [loop.call_later(1.0, tick)]
     sweeper = loop.create_task(order_book.run_sweeper(redis, config.sweep_interval))
-    log.info("worker %d listening on %s:%d", os.getpid(), config.host, config.port)
+    log.info("worker %d listening on %s", os.getpid(), where)
     await stop.wait()
     sweeper.cancel()
 
@@ -426,8 +439,9 @@ async def serve(config: Config, abort: Callable[[], None] | None = None) -> None
     await redis.aclose()
 
 
-def run_worker(config: Config, abort: Callable[[], None] | None = None) -> None:
-    uvloop.run(serve(config, abort))
+def run_worker(config: Config, abort: Callable[[], None] | None = None,
+               listening: socket.socket | None = None) -> None:
+    uvloop.run(serve(config, abort, listening))
 
 
 # --- The parent: Redis, the demo sale, workers ------------------------------------
@@ -511,8 +525,46 @@ def check_port_free(host: str, port: int) -> None:
             die(f"cannot listen on {host}:{port}: {reason}", EXIT_BIND)
 
 
+def bind_unix_socket(path: str, backlog: int) -> socket.socket:
+    """The --uds socket, bound by the parent so every worker accepts from it. A stale
+    socket file (no server behind it) is replaced; a live one is refused, as a port is."""
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            die(f"cannot listen on {path}: it exists and is not a socket", EXIT_BIND)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # left by a server that died
+            else:
+                die(f"cannot listen on {path}: another server answers there", EXIT_BIND)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        die(f"cannot listen on {path}: {exc.strerror}", EXIT_BIND)
+    os.chmod(path, 0o666)  # the proxy in front usually runs as another user (uvicorn does the same)
+    sock.listen(backlog)
+    return sock
+
+
 def main_serve(config: Config) -> int:
-    check_port_free(config.host, config.port)
+    listening = None
+    if config.uds is not None:
+        listening = bind_unix_socket(config.uds, config.backlog)
+    else:
+        check_port_free(config.host, config.port)
+    try:
+        return _serve_with_redis(config, listening)
+    finally:
+        if listening is not None:
+            listening.close()
+            with contextlib.suppress(OSError):
+                os.unlink(config.uds)  # type: ignore[arg-type]
+
+
+def _serve_with_redis(config: Config, listening: socket.socket | None) -> int:
     url, embedded = resolve_redis(config)
     config = dataclasses.replace(config, redis=url)
     try:
@@ -521,14 +573,14 @@ def main_serve(config: Config) -> int:
         except (RedisError, OSError) as exc:
             die(f"Redis at {mask_url(url)} failed during start-up: {exc}", EXIT_REDIS)
         log.info(
-            "seckill %s serving http://%s:%d with %d worker%s, Redis %s, redis timeout %gs",
-            __version__, config.host, config.port, config.workers,
-            "" if config.workers == 1 else "s", mask_url(url), config.redis_timeout,
+            "seckill %s serving %s with %d worker%s, Redis %s, redis timeout %gs",
+            __version__, f"unix:{config.uds}" if config.uds else f"http://{config.host}:{config.port}",
+            config.workers, "" if config.workers == 1 else "s", mask_url(url), config.redis_timeout,
         )
         if config.workers == 1:
-            run_worker(config, abort=embedded.stop if embedded is not None else lambda: None)
+            run_worker(config, embedded.stop if embedded is not None else lambda: None, listening)
             return 0
-        return supervise(config)
+        return supervise(config, listening)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -539,7 +591,7 @@ CRASH_WINDOW = 10.0  # seconds; more than CRASH_LIMIT worker deaths in it and we
 CRASH_LIMIT = 10
 
 
-def supervise(config: Config) -> int:
+def supervise(config: Config, listening: socket.socket | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
     children: dict[int, int] = {}
     deaths: list[float] = []
@@ -550,7 +602,7 @@ def supervise(config: Config) -> int:
             code = 0
             try:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_SIGNALS)
-                run_worker(config)
+                run_worker(config, listening=listening)
             except BaseException:
                 log.exception("worker %d crashed", index)
                 code = 1
@@ -681,6 +733,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"seckill {__version__}")
     parser.add_argument("--host", default=d.host, help="address to listen on")
     parser.add_argument("--port", type=_bounded(int, 1, 65535), default=d.port, help="TCP port")
+    parser.add_argument("--uds", default=None, metavar="PATH",
+                        help="listen on this unix socket instead of --host/--port (behind nginx: "
+                        "deploy/nginx.conf); mode 0666, a stale one is replaced, removed at exit")
     _add_redis_flags(parser)
     parser.add_argument("--fsync", choices=["always", "everysec"], default=d.fsync,
                         help="the embedded Redis's AOF fsync: always (an acknowledged win survives a crash; "

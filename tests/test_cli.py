@@ -216,3 +216,33 @@ def test_start_up_says_what_a_redis_crash_would_lose(start_server, redis_client:
     # The session Redis runs AOF everysec: the server warns about it, once, at start-up.
     server = start_server()
     assert "appendfsync everysec: a Redis crash can lose the last ~1 s of acknowledged wins" in server.log
+
+
+def _unix_get(path: str, target: str) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+        return out
+
+
+def test_uds_serves_on_a_unix_socket_and_removes_it(start_server, redis_client: redis.Redis, tmp_path) -> None:
+    create_sale(redis_client, "hat", 3)
+    path = str(tmp_path / "seckill.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)  # a socket file with nobody behind it, as a crashed server leaves
+    stale.close()
+    server = start_server("--uds", path, workers=2)
+    assert f"listening on unix:{path}" in server.log
+    assert oct(os.stat(path).st_mode & 0o777) == "0o666"  # the proxy often runs as another user
+    answers = [_unix_get(path, f"/seckill/hat?user=u{i}") for i in range(4)]
+    assert [a.split(b" ", 2)[1] for a in answers] == [b"200", b"200", b"200", b"409"]
+    # A second server on the same live socket is refused, like a port in use.
+    second = run_cli("--uds", path, "--redis", f"redis://127.0.0.1:{redis_client.connection_pool.connection_kwargs['port']}")
+    assert second.returncode == 4 and "another server answers there" in second.stderr
+    assert server.stop() == 0
+    assert not os.path.exists(path)
+    assert len(stream_orders(redis_client, "hat")) == 3
