@@ -577,6 +577,12 @@ def _serve_with_redis(config: Config, listening: socket.socket | None) -> int:
             __version__, f"unix:{config.uds}" if config.uds else f"http://{config.host}:{config.port}",
             config.workers, "" if config.workers == 1 else "s", mask_url(url), config.redis_timeout,
         )
+        log.info(
+            "limits per worker: %d connections, %d requests per connection, timeouts: header %gs, "
+            "body %gs, keep-alive %gs, send %gs, graceful %gs; %d purchases waiting for Redis at most",
+            config.max_connections, config.keepalive_requests, config.header_timeout, config.body_timeout,
+            config.keepalive_timeout, config.send_timeout, config.graceful_timeout, config.max_waiting,
+        )
         if config.workers == 1:
             run_worker(config, embedded.stop if embedded is not None else lambda: None, listening)
             return 0

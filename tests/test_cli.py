@@ -214,8 +214,10 @@ def test_console_script_is_installed() -> None:
 
 def test_start_up_says_what_a_redis_crash_would_lose(start_server, redis_client: redis.Redis) -> None:
     # The session Redis runs AOF everysec: the server warns about it, once, at start-up.
-    server = start_server()
+    server = start_server("--max-connections", "500")
     assert "appendfsync everysec: a Redis crash can lose the last ~1 s of acknowledged wins" in server.log
+    # and the limits in force, once
+    assert sum("limits per worker: 500 connections, 1000 requests per connection" in x for x in server.lines) == 1
 
 
 def _unix_get(path: str, target: str) -> bytes:
