@@ -430,7 +430,7 @@ class HttpConnection(asyncio.Protocol):
         if self._transport is None:
             return "-"
         peer = self._transport.get_extra_info("peername")
-        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
 
     def expire(self, now: float) -> None:
         """Drop a client that stopped reading; close an idle one past its keep-alive time;

@@ -518,6 +518,9 @@ def check_port_free(host: str, port: int) -> None:
     """Refuse to start beside another server: SO_REUSEPORT would silently share the port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the listener itself binds: a live listener still refuses, the TIME_WAIT
+        # sockets of connections a previous server closed do not (a restart behind nginx).
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
