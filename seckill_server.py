@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import functools
@@ -605,11 +606,14 @@ def supervise(config: Config, listening: socket.socket | None = None) -> int:
     children: dict[int, int] = {}
     deaths: list[float] = []
 
+    parent = os.getpid()
+
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
+                _stop_with_parent(parent)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_SIGNALS)
                 run_worker(config, listening=listening)
             except BaseException:
@@ -663,6 +667,19 @@ def supervise(config: Config, listening: socket.socket | None = None) -> int:
                 continue
             spawn(index)
     return exit_code
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM (a drain) when the parent dies: a parent
+    killed -9 (the OOM killer; supervisord, which signals the parent alone) must not leave
+    its workers serving the port unsupervised, where no new server can listen."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before that: SIGTERM is blocked, delivered once unblocked
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _describe_status(status: int) -> str:
