@@ -12,13 +12,13 @@ import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_protocol import BAD
-from test_protocol_fuzz import PIECES, SEEDS
 
 from conftest import ServerProcess, create_sale, stream_orders
 from http_client import Conn, fetch, get, parse_one
 from protocol import HttpError
 from redis_runner import EmbeddedRedis, free_port
+from test_protocol import BAD
+from test_protocol_fuzz import PIECES, SEEDS
 
 
 @pytest.fixture

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from test_redis_faults import poll, refuses_connections, unread_bytes_at
 
 from conftest import ROOT, OwnRedis, create_sale, stream_orders
 from http_client import Conn, fetch, get
 from redis_runner import EmbeddedRedis, free_port
+from test_redis_faults import poll, refuses_connections, unread_bytes_at
 
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent  # the venv's bin: supervisord and supervisorctl are installed beside python
