@@ -178,40 +178,52 @@ def test_redis_down_answers_503_fast_then_service_resumes_on_its_own(start_serve
     assert sold(r, "hat") == len(by_id) == 5
 
 
-# --- 2. Redis stalled (SIGSTOP) under concurrent load ---------------------------------
+class FaultLoad:
+    """The events that drive a fault under load: enough wins before it (`enough_wins`),
+    then, once the test sets `in_fault`, enough 503s during it (`enough_refusals`)."""
 
-class StallLoad:
-    """What the buyers saw, and the events that drive the stall."""
-
-    def __init__(self, wins_before_stall: int, refusals_in_stall: int) -> None:
-        self.answers: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-        self.refused_latency: list[float] = []
-        self.stalled = False
-        self.resumed = False
+    def __init__(self, wins_before: int, refusals_during: int) -> None:
+        self.in_fault = False
         self.wins = 0
-        self.wins_after_resume = 0
-        self.refused_in_stall = 0
-        self._wins_wanted = wins_before_stall
-        self._refusals_wanted = refusals_in_stall
+        self.refused_in_fault = 0
+        self._wins_wanted = wins_before
+        self._refusals_wanted = refusals_during
         self.enough_wins = asyncio.Event()
         self.enough_refusals = asyncio.Event()
+
+    def count(self, status: int) -> None:
+        if status == 200:
+            self.wins += 1
+            if self.wins >= self._wins_wanted:
+                self.enough_wins.set()
+        elif status == 503 and self.in_fault:
+            self.refused_in_fault += 1
+            if self.refused_in_fault >= self._refusals_wanted:
+                self.enough_refusals.set()
+
+
+# --- 2. Redis stalled (SIGSTOP) under concurrent load ---------------------------------
+
+class StallLoad(FaultLoad):
+    """What the buyers saw, by user; in_fault while Redis is stopped."""
+
+    def __init__(self, wins_before_stall: int, refusals_in_stall: int) -> None:
+        super().__init__(wins_before_stall, refusals_in_stall)
+        self.answers: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        self.refused_latency: list[float] = []
+        self.resumed = False
+        self.wins_after_resume = 0
 
     def statuses(self) -> Counter[int]:
         return Counter(status for answers in self.answers.values() for status, _ in answers)
 
     def record(self, user: str, response: Response, latency: float) -> None:
         self.answers.setdefault(user, []).append((response.status, response.json()))
+        self.count(response.status)
         if response.status == 200:
-            self.wins += 1
             self.wins_after_resume += self.resumed
-            if self.wins >= self._wins_wanted:
-                self.enough_wins.set()
         elif response.status == 503:
             self.refused_latency.append(latency)
-            if self.stalled and not self.resumed:
-                self.refused_in_stall += 1
-                if self.refused_in_stall >= self._refusals_wanted:
-                    self.enough_refusals.set()
 
 
 async def _buyer(port: int, item: str, users: list[str], load: StallLoad) -> None:
@@ -244,9 +256,9 @@ def test_stalled_redis_under_load_never_turns_an_unknown_outcome_into_a_200(  # 
         try:
             await until(load.enough_wins, lambda: f"wins before the stall; saw {load.statuses()}")
             with own.stalled():
-                load.stalled = True
+                load.in_fault = True
                 await until(load.enough_refusals, lambda: f"503s while Redis is stopped; saw {load.statuses()}")
-                load.resumed = True
+                load.in_fault, load.resumed = False, True
             await asyncio.wait_for(asyncio.gather(*buyers), 30)
         finally:
             for task in buyers:
@@ -261,7 +273,7 @@ def test_stalled_redis_under_load_never_turns_an_unknown_outcome_into_a_200(  # 
     assert {status for status, _ in final.values()} <= {200, 409}
     # While Redis was stopped, answers were 503 and came within the timeout (plus margin);
     # after SIGCONT purchases were won again, by the server's own recovery.
-    assert load.refused_in_stall >= 2 * connections
+    assert load.refused_in_fault >= 2 * connections
     assert max(load.refused_latency) < 3.0, max(load.refused_latency)
     assert load.wins_after_resume > 0
 
@@ -284,7 +296,7 @@ def test_stalled_redis_under_load_never_turns_an_unknown_outcome_into_a_200(  # 
     told_already = {user for user, (_, body) in final.items() if body.get("result") == "already_bought"}
     assert told_already == unknown
     record_property("unknown_outcomes", len(unknown))
-    print(f"\nstalled Redis: {load.refused_in_stall} answers 503 during the stall, "
+    print(f"\nstalled Redis: {load.refused_in_fault} answers 503 during the stall, "
           f"{len(unknown)} unknown outcomes that became orders, {len(winners)} answered 200")
 
 
@@ -342,30 +354,19 @@ def test_redis_restarted_empty_answers_404_and_recreates_nothing(start_server, o
 
 # --- 4. Redis killed mid-load, restarted from its AOF (appendfsync always) ------------
 
-class KillLoad:
+class KillLoad(FaultLoad):
+    """Every answer in order; in_fault from the kill on."""
+
     def __init__(self, wins_before_kill: int, refusals_while_down: int) -> None:
+        super().__init__(wins_before_kill, refusals_while_down)
         self.answers: list[tuple[str, int, dict[str, Any]]] = []
-        self.wins = 0
-        self.killed = False
-        self.refused_while_down = 0
-        self._wins_wanted = wins_before_kill
-        self._refusals_wanted = refusals_while_down
-        self.enough_wins = asyncio.Event()
-        self.enough_refusals = asyncio.Event()
 
     def statuses(self) -> Counter[int]:
         return Counter(status for _, status, _ in self.answers)
 
     def record(self, user: str, response: Response) -> None:
         self.answers.append((user, response.status, response.json()))
-        if response.status == 200:
-            self.wins += 1
-            if self.wins >= self._wins_wanted:
-                self.enough_wins.set()
-        elif response.status == 503 and self.killed:
-            self.refused_while_down += 1
-            if self.refused_while_down >= self._refusals_wanted:
-                self.enough_refusals.set()
+        self.count(response.status)
 
 
 async def _distinct_buyer(port: int, item: str, c: int, load: KillLoad) -> None:
@@ -397,7 +398,7 @@ def test_redis_killed_mid_load_and_restarted_from_aof_sells_exactly_stock(start_
             try:
                 await until(load.enough_wins, lambda: f"wins before the kill; saw {load.statuses()}")
                 own.kill()  # kill -9
-                load.killed = True
+                load.in_fault = True
                 await until(load.enough_refusals, lambda: f"503s while Redis is dead; saw {load.statuses()}")
                 await asyncio.to_thread(own.restart)
                 await asyncio.wait_for(asyncio.gather(*buyers), 30)
@@ -411,7 +412,7 @@ def test_redis_killed_mid_load_and_restarted_from_aof_sells_exactly_stock(start_
         statuses = Counter(status for _, status, _ in load.answers)
         assert set(statuses) <= {200, 409, 503}, statuses
         assert {body["result"] for _, status, body in load.answers if status == 409} == {"sold_out"}
-        assert load.refused_while_down >= 10
+        assert load.refused_in_fault >= 10
         winners = [(user, body) for user, status, body in load.answers if status == 200]
         assert len(winners) <= stock
         orders = orders_by_id(r, "hat")
