@@ -411,8 +411,8 @@ class HttpConnection(asyncio.Protocol):
         except (OSError, RuntimeError, NotImplementedError):
             transport.close()
             return
-        self._reading_paused = True  # so _resume_reading resumes whatever state it is in
-        self._resume_reading()
+        self._reading_paused = False
+        transport.resume_reading()  # paused or not, read (and drop) what it still sends
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self._transport is not None:

@@ -382,11 +382,8 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
     )
     app = SeckillApp(config, redis, batcher)
     clock = Clock(loop.time())
-    limits = Limits(
-        header_timeout=config.header_timeout, body_timeout=config.body_timeout,
-        keepalive_timeout=config.keepalive_timeout, keepalive_requests=config.keepalive_requests,
-        send_timeout=config.send_timeout, max_connections=config.max_connections,
-    )
+    # Config has a field of the same name for each limit (the flags).
+    limits = Limits(**{f.name: getattr(config, f.name) for f in dataclasses.fields(Limits)})
     registry = Registry(limits.max_connections)
     def factory() -> HttpConnection:
         return HttpConnection(app, clock, registry, limits)
