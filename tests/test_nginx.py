@@ -10,7 +10,6 @@ is nginx accepting on its port, polled with a bound; nothing is guessed with sle
 from __future__ import annotations
 
 import concurrent.futures
-import http.client
 import os
 import pwd
 import re
@@ -26,6 +25,7 @@ import pytest
 import redis
 
 from conftest import ROOT, ServerProcess, create_sale, require_tool, stream_orders
+from http_client import fetch
 from redis_runner import EmbeddedRedis, free_port
 
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
@@ -155,17 +155,6 @@ def start_nginx(tmp_path: Path) -> Iterator[StartNginx]:
         nginx.stop()
 
 
-def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
-    """One request on a connection of its own (`Connection: close`)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def raw_exchange(port: int, request: bytes) -> bytes:
     """Send bytes as they are; everything the peer answers until it closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -218,7 +207,8 @@ def test_seed_demo_with_ab_through_nginx(start_server: StartServer, start_nginx:
     assert re.search(r"^Complete requests:\s+200$", out, re.M), out
     assert re.search(r"^Non-2xx responses:\s+195$", out, re.M), out
     assert len(stream_orders(redis_client, "limit")) == 5
-    status, body = get(nginx.port, "/stock/limit")
+    answer = fetch(nginx.port, "GET", "/stock/limit")
+    status, body = answer.status, answer.body
     assert status == 200 and b'"remaining":0' in body, body
     assert nginx.errors() == [], nginx.log
     # Every answer came from the server: 5 won, 195 sold_out, nothing made up by nginx.
@@ -234,7 +224,7 @@ def test_nginx_reuses_its_upstream_connections(start_server: StartServer, start_
     server = start_server()
     # The observable works: 20 direct connections show up as 20 peers.
     for i in range(20):
-        assert get(server.port, f"/stock/hat?n={i}")[0] == 200
+        assert fetch(server.port, "GET", f"/stock/hat?n={i}").status == 200
     direct = peers_of(server.port)
     assert len(direct) >= 20, direct
 
@@ -242,7 +232,7 @@ def test_nginx_reuses_its_upstream_connections(start_server: StartServer, start_
     clients, requests = 4, 2000
 
     def buy(i: int) -> int:
-        return get(nginx.port, f"/seckill/hat?user=u{i}")[0]
+        return fetch(nginx.port, "GET", f"/seckill/hat?user=u{i}").status
 
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         statuses = list(pool.map(buy, range(requests)))
@@ -288,7 +278,7 @@ def address(transport: str, tmp_path: Path) -> tuple[list[str], str]:
 def assert_502_at_once(nginx: Nginx) -> None:
     for _ in range(3):
         started = time.monotonic()
-        status, _ = get(nginx.port, "/seckill/hat")
+        status = fetch(nginx.port, "GET", "/seckill/hat").status
         assert status == 502
         assert time.monotonic() - started < 1.0  # refused at once, not a timeout
 
@@ -298,13 +288,13 @@ def buy_through(nginx: Nginx, user: str) -> None:
     clear yet, though nginx never marks a single upstream server down, so the first try
     is served."""
     deadline = time.monotonic() + RECOVERY_TIMEOUT
-    status, body = get(nginx.port, f"/seckill/hat?user={user}")
-    while status != 200 and time.monotonic() < deadline:
+    answer = fetch(nginx.port, "GET", f"/seckill/hat?user={user}")
+    while answer.status != 200 and time.monotonic() < deadline:
         time.sleep(0.1)
-        status, body = get(nginx.port, f"/seckill/hat?user={user}")
-    assert status == 200 and b'"won"' in body, (status, body, nginx.log)
+        answer = fetch(nginx.port, "GET", f"/seckill/hat?user={user}")
+    assert answer.status == 200 and b'"won"' in answer.body, (answer.status, answer.body, nginx.log)
     for i in range(20):  # more connections in nginx's keep-alive cache
-        assert get(nginx.port, f"/stock/hat?n={i}")[0] == 200
+        assert fetch(nginx.port, "GET", f"/stock/hat?n={i}").status == 200
 
 
 @pytest.mark.parametrize("transport", ["tcp", "uds"])
