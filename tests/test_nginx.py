@@ -27,6 +27,7 @@ import redis
 from conftest import ROOT, ServerProcess, create_sale, require_tool, stream_orders
 from http_client import fetch
 from redis_runner import EmbeddedRedis, free_port
+from test_redis_faults import poll
 
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
 START_TIMEOUT = 10.0  # seconds for nginx to accept after start
@@ -212,7 +213,10 @@ def test_seed_demo_with_ab_through_nginx(start_server: StartServer, start_nginx:
     assert status == 200 and b'"remaining":0' in body, body
     assert nginx.errors() == [], nginx.log
     # Every answer came from the server: 5 won, 195 sold_out, nothing made up by nginx.
-    statuses = [line.split('"')[2].split()[0] for line in (nginx.prefix / "access.log").read_text().splitlines()]
+    # (nginx logs a request after its answer has left: wait for the last line.)
+    access_log = nginx.prefix / "access.log"
+    poll(lambda: len(access_log.read_text().splitlines()) >= 201, "nginx to log every request")
+    statuses = [line.split('"')[2].split()[0] for line in access_log.read_text().splitlines()]
     assert statuses.count("200") == 5 + 1 and statuses.count("409") == 195, statuses
 
 
