@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from redis_pipe import OrderedPipe
+from redis_client import BatchPipe
 from sale_store import ADMIT_LUA, admit_keys
 
 log = logging.getLogger("seckill.batcher")
@@ -72,6 +72,7 @@ class Batcher:
     def __init__(
         self,
         redis: Redis,
+        pipe: BatchPipe,
         *,
         timeout: float,
         gate_interval: float,
@@ -80,7 +81,7 @@ class Batcher:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self._redis = redis
-        self._pipe = OrderedPipe(redis)
+        self._pipe = pipe
         self._max_in_flight = max_in_flight
         self._timeout = timeout
         self._gate_interval = gate_interval

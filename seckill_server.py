@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import uvloop
 from redis.asyncio import Redis
@@ -46,6 +46,7 @@ import sale_store
 from admin_api import AdminApi
 from http_connection import Clock, HttpConnection, Limits, Listener, Registry, Slot
 from protocol import KNOWN_METHODS, HttpError, Request
+from redis_client import make_pipe, make_redis, valid_url
 from redis_runner import (
     DEFAULT_LOCAL_URL,
     EmbeddedRedis,
@@ -353,13 +354,6 @@ def _form_user(form: bytes) -> str:
 
 # --- One worker ---------------------------------------------------------------------
 
-def make_redis(url: str, timeout: float) -> Redis:
-    return Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0,
-        lib_name=None, lib_version=None,  # no CLIENT SETINFO: Redis < 7.2 refuses it
-    )
-
-
 async def serve(config: Config, abort: Callable[[], None] | None = None,
                 listening: socket.socket | None = None) -> None:
     """Run one worker until SIGTERM/SIGINT, then drain within the graceful timeout.
@@ -376,7 +370,7 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
     assert config.redis is not None
     redis = make_redis(config.redis, config.redis_timeout)
     batcher = batching.Batcher(
-        redis, timeout=config.redis_timeout, gate_interval=config.gate_interval,
+        redis, make_pipe(redis), timeout=config.redis_timeout, gate_interval=config.gate_interval,
         max_batch=config.max_batch, max_waiting=config.max_waiting,
         max_in_flight=config.max_in_flight,
     )
@@ -727,8 +721,7 @@ def _bounded(kind: type, low: float, high: float | None = None) -> Any:
 
 
 def _redis_url(text: str) -> str:
-    scheme = urlsplit(text).scheme
-    if scheme not in ("redis", "rediss", "unix"):
+    if not valid_url(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a redis://, rediss:// or unix:// URL")
     return text
 
