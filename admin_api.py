@@ -45,10 +45,12 @@ class AdminApi:
         self.redis = redis
         self._token = token.encode() if token else None
 
-    def check(self, request: Request) -> Answer | None:
-        """The answer that refuses this request before any work (404, 401), or None."""
+    def check(self, request: Request, required: bool = True) -> Answer | None:
+        """The answer that refuses this request before any work (404, 401), or None.
+        `required`: without a token configured, refuse (the admin API) or let it pass
+        (the dashboard's data, guarded only when a token is set)."""
         if self._token is None:
-            return 404, NOT_FOUND, b""
+            return (404, NOT_FOUND, b"") if required else None
         given = request.header(b"authorization") or b""
         scheme, _, credentials = given.partition(b" ")
         if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self._token):

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol, TypeGuard
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,6 +32,9 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from redis_client import BatchPipe
 from sale_store import ADMIT_LUA, admit_keys
+
+if TYPE_CHECKING:
+    from metrics import WorkerStats
 
 log = logging.getLogger("seckill.batcher")
 
@@ -79,6 +82,7 @@ class Batcher:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_waiting: int = DEFAULT_MAX_WAITING,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        stats: WorkerStats | None = None,
     ) -> None:
         self._redis = redis
         self._pipe = pipe
@@ -96,6 +100,8 @@ class Batcher:
         # new one never mistaken for a replay.
         self._id_prefix = f"{os.getpid():x}.{os.urandom(4).hex()}."
         self._next_id = 0
+        self._stats = stats  # None: metrics off
+        self.answered_at = 0.0  # time.monotonic() when the batch being answered came back
         self._failures = 0  # failed round trips since the last warning
         self._warned_at = -1e9
 
@@ -154,6 +160,7 @@ class Batcher:
             for start in range(0, len(queue), step):
                 self._next_id += 1
                 calls.append((item, f"{self._id_prefix}{self._next_id:x}", queue[start : start + step]))
+        sent = time.monotonic()
         try:
             replies = await asyncio.wait_for(self._call(calls), self._timeout)
         except (TimeoutError, RedisError, OSError) as exc:
@@ -161,7 +168,13 @@ class Batcher:
             replies = [exc] * len(calls)
         finally:
             self._in_flight.discard(asyncio.current_task())
-        gate_until = time.monotonic() + self._gate_interval
+        now = self.answered_at = time.monotonic()
+        stats = self._stats
+        if stats is not None:
+            stats.round_trip.observe(now - sent)
+            for _, _, requests in calls:
+                stats.batch_size.observe(len(requests))
+        gate_until = now + self._gate_interval
         for (item, _, requests), reply in zip(calls, replies, strict=True):
             self._answer(item, requests, reply, gate_until)
         if self._queues and not self._scheduled:
@@ -208,10 +221,12 @@ class Batcher:
             if isinstance(reply, ResponseError) or not isinstance(reply, BaseException):
                 # The script failed, or replied in a shape it never does: a bug or bad data.
                 log.error("admission call for %s failed: %r", item, reply)
+            self._count(item, UNAVAILABLE, len(requests))
             for _, waiter in requests:
                 waiter.finish(UNAVAILABLE, b"", 0)
             return
         if not reply:
+            self._count(item, UNKNOWN_ITEM, len(requests))
             for _, waiter in requests:
                 waiter.finish(UNKNOWN_ITEM, b"", 0)
             return
@@ -222,6 +237,8 @@ class Batcher:
         won, until = WON, 0
         if len(reply) == 6 and outcomes != b"N":
             won, until = HELD, int(reply[5])
+        if self._stats is not None:
+            self._count_reply(item, len(requests), granted, outcomes, won)
         if not outcomes:  # the first `granted` won, the rest found it sold out
             for _, waiter in requests[:granted]:
                 waiter.finish(won, tag, seq, until)
@@ -243,6 +260,27 @@ class Batcher:
                     seq += 1
                 else:
                     waiter.finish(outcome, b"", 0)
+
+
+    def _count(self, item: str, outcome: int, count: int) -> None:
+        if self._stats is not None:
+            self._stats.count_results(item, outcome, count)
+
+    def _count_reply(self, item: str, requests: int, granted: int, outcomes: bytes, won: int) -> None:
+        """Metrics: one script call's results, counted per call rather than per request."""
+        count = self._count
+        if not outcomes:
+            count(item, won, granted)
+            count(item, SOLD_OUT, requests - granted)
+        elif outcomes == b"N":
+            count(item, NOT_STARTED, requests)
+        elif outcomes == b"E":
+            count(item, ENDED, requests)
+        else:
+            for letter, outcome in _LETTERS.items():
+                n = outcomes.count(letter)
+                if n:
+                    count(item, won if outcome == WON else outcome, n)
 
 
 def _well_formed(reply: object, requests: int) -> TypeGuard[list[Any]]:

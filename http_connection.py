@@ -70,6 +70,9 @@ class App(TypingProtocol):
 
     def dispatch(self, request: Request, conn: HttpConnection) -> bytes | Slot: ...
 
+    def count(self, route: str, status: int) -> None:
+        """Metrics: an answer given outside dispatch (a request refused while parsed)."""
+
 
 class Clock:
     """A coarse clock: `now` advances once a second, by the worker's tick."""
@@ -335,6 +338,7 @@ class HttpConnection(asyncio.Protocol):
                 answer: bytes | Slot = self._app.responses.get(
                     exc.status, json_body({"error": exc.reason}), CLOSE
                 )
+                self._app.count("unrouted", exc.status)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("bad request from %s: %s", self.peer, exc.reason)
             else:
@@ -465,6 +469,7 @@ class HttpConnection(asyncio.Protocol):
             stalled = now - self.started >= limits.header_timeout
         if stalled:
             self.closing = self._unclean = True
+            self._app.count("unrouted", 408)
             transport.write(self._app.responses.get(408, json_body({"error": "request timeout"}), CLOSE))
             self._end()
 

@@ -45,11 +45,12 @@ METHOD_NOT_ALLOWED = json_body({"error": "method not allowed"})
 
 
 class Responses:
-    __slots__ = ("_date_line", "_prefix", "memo")
+    __slots__ = ("_date_line", "_prefix", "_bare_prefix", "memo")
 
     def __init__(self) -> None:
         self._date_line = b""
         self._prefix: dict[int, bytes] = {}
+        self._bare_prefix: dict[int, bytes] = {}  # without Content-Type (not JSON: /metrics, /dashboard)
         # Finished responses: get()'s, under (status, body, conn, extra), and callers' own,
         # under keys cheaper to make than the body. Emptied when the Date changes; whoever
         # adds keeps it under MAX_CACHED.
@@ -59,6 +60,7 @@ class Responses:
     def refresh_date(self) -> None:
         self._date_line = b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
         self._prefix = {}
+        self._bare_prefix = {}
         self.memo = {}
 
     def _head_prefix(self, status: int) -> bytes:
@@ -72,18 +74,29 @@ class Responses:
             )
         return prefix
 
-    def build(self, status: int, body: bytes, conn: int = KEEP, extra: bytes = b"") -> bytes:
-        """Build (uncached) a response; `extra` is whole header lines, CRLF-terminated."""
+    def build(self, status: int, body: bytes, conn: int = KEEP, extra: bytes = b"",
+              content_type: bytes | None = None) -> bytes:
+        """Build (uncached) a response; `extra` is whole header lines, CRLF-terminated.
+        The body is JSON unless `content_type` says otherwise."""
+        if content_type is None:
+            prefix = self._head_prefix(status)
+        else:
+            bare = self._bare_prefix.get(status)
+            if bare is None:
+                bare = STATUS_LINES[status] + b"Server: " + SERVER + b"\r\n" + self._date_line
+                self._bare_prefix[status] = bare
+            prefix = bare + b"Content-Type: " + content_type + b"\r\n"
         return b"%s%s%sContent-Length: %d\r\n\r\n%s" % (
-            self._head_prefix(status), _CONNECTION_HEADER[conn], extra, len(body), body,
+            prefix, _CONNECTION_HEADER[conn], extra, len(body), body,
         )
 
-    def get(self, status: int, body: bytes, conn: int = KEEP, extra: bytes = b"") -> bytes:
+    def get(self, status: int, body: bytes, conn: int = KEEP, extra: bytes = b"",
+            content_type: bytes | None = None) -> bytes:
         """The same as build(), from the cache when it was built this second."""
-        key = (status, body, conn, extra)
+        key = (status, body, conn, extra, content_type)
         cached = self.memo.get(key)
         if cached is None:
-            cached = self.build(status, body, conn, extra)
+            cached = self.build(status, body, conn, extra, content_type)
             if len(self.memo) < MAX_CACHED:
                 self.memo[key] = cached
         return cached

@@ -32,6 +32,7 @@ import socket
 import stat
 import sys
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
@@ -41,6 +42,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 import batcher as batching
+import dashboard
+import metrics
 import order_book
 import sale_store
 from admin_api import AdminApi
@@ -107,6 +110,9 @@ class Config:
     log_level: str = "info"
     admin_token: str | None = dataclasses.field(default=None, repr=False)  # never in a log
     sweep_interval: float = 1.0
+    metrics: bool = True  # /metrics, and the counting behind it
+    dashboard: bool = False  # /dashboard and /dashboard.json
+    metrics_dir: str | None = None  # set by the parent: where workers publish their counters (metrics.Board)
 
 
 # --- Routes -------------------------------------------------------------------------
@@ -117,6 +123,9 @@ _ALLOW_GET = b"Allow: GET, HEAD\r\n"
 _RETRY_AFTER = b"Retry-After: 1\r\n"
 _UNAVAILABLE = json_body({"result": "unavailable"})
 _OK = json_body({"status": "ok"})
+_NO_STORE = b"Cache-Control: no-store\r\n"
+_HTML = b"text/html; charset=utf-8"
+_PAGE_HEADERS = b"Content-Security-Policy: %s\r\n%s" % (dashboard.PAGE_CSP, _NO_STORE)
 _ITEM_CACHE_MAX = 10_000  # validated item names kept per worker; bounds client-chosen keys
 
 
@@ -164,8 +173,32 @@ class Purchase(Slot):
             self.set(self.app.purchase_answer(self.item, outcome, self.mode))
 
 
+class TimedPurchase(Purchase):
+    """A Purchase that also records its wait in the latency histogram (metrics on)."""
+
+    __slots__ = ("t0",)
+
+    def __init__(self, app: SeckillApp, conn: HttpConnection, item: str, mode: int) -> None:
+        self.conn = conn
+        self.data = None
+        self.close = mode == CLOSE
+        self.app = app
+        self.item = item
+        self.mode = mode
+        self.t0 = time.monotonic()
+
+    def finish(self, outcome: int, tag: bytes, value: int, until: int = 0) -> None:
+        app = self.app
+        histogram = app.latency
+        waited = app.batcher.answered_at - self.t0
+        histogram.counts[bisect_left(histogram.bounds, waited)] += 1
+        histogram.sum += waited
+        Purchase.finish(self, outcome, tag, value, until)
+
+
 class SeckillApp:
-    def __init__(self, config: Config, redis: Redis, batcher: batching.Batcher) -> None:
+    def __init__(self, config: Config, redis: Redis, batcher: batching.Batcher,
+                 stats: metrics.WorkerStats | None = None, registry: Registry | None = None) -> None:
         self.config = config
         self.redis = redis
         self.batcher = batcher
@@ -173,6 +206,13 @@ class SeckillApp:
         self.responses = Responses()
         self._items: dict[bytes, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Metrics (None: off): the hot path adds to these directly.
+        self.stats = stats
+        self.registry = registry
+        self.board = metrics.Board(config.metrics_dir)
+        self._purchase_class = Purchase if stats is None else TimedPurchase
+        self.gate_hits = None if stats is None else stats.gate_hits
+        self.latency = metrics.Histogram(metrics.LATENCY_BOUNDS) if stats is None else stats.latency
 
     def dispatch(self, request: Request, conn: HttpConnection) -> bytes | Slot:
         if conn.closing:
@@ -181,6 +221,7 @@ class SeckillApp:
             mode = KEEP_10 if request.http10 else KEEP
         if request.method not in KNOWN_METHODS:
             conn.closing = True
+            self.count("unrouted", 501)
             return self.responses.get(501, json_body({"error": "method not implemented"}), CLOSE)
         try:
             path = request.path
@@ -189,30 +230,81 @@ class SeckillApp:
             else:
                 answer = self._route(request, conn, mode)
         except HttpError as exc:
+            self.count(_route_name(request.path), exc.status)
             answer = self.responses.get(exc.status, json_body({"error": exc.reason}), mode)
         if request.method == b"HEAD" and answer.__class__ is bytes:
             return strip_body(answer)
         return answer
 
+    def count(self, route: str, status: int) -> None:
+        """Metrics: one answer on a route other than a purchase's result (those are counted per batch)."""
+        if self.stats is not None:
+            self.stats.count_request(route, status)
+
     def _route(self, request: Request, conn: HttpConnection, mode: int) -> bytes | Slot:
         path = request.path
         if path == b"/limit":
             return self._purchase(request, conn, b"limit", mode)
-        if path[:7] == b"/admin/":
+        route = _route_name(path)
+        if route == "admin":
             refusal = self.admin.check(request)
             if refusal is not None:
+                self.count(route, refusal[0])
                 return self.responses.build(*refusal[:2], mode, refusal[2])
-            return self._later(conn, mode, request, self.admin.handle(request), cache=False)
-        known = path.startswith(b"/stock/") or path in (b"/healthz", b"/readyz")
-        if not known:
+            return self._later(conn, mode, request, self.admin.handle(request), cache=False, route=route)
+        if route in ("dashboard", "dashboard.json") and not self.config.dashboard:
+            route = "not_found"
+        elif route == "metrics" and self.stats is None:
+            route = "not_found"
+        if route == "not_found":
+            self.count(route, 404)
             return self.responses.get(404, NOT_FOUND, mode)
         if request.method != b"GET" and request.method != b"HEAD":
+            self.count(route, 405)
             return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_GET)
-        if path == b"/healthz":
+        if route == "healthz":
+            self.count(route, 200)
             return self.responses.get(200, _OK, mode)
-        if path == b"/readyz":
-            return self._later(conn, mode, request, self._ready())
-        return self._later(conn, mode, request, self._stock(self._item(path[7:])))
+        if route == "readyz":
+            return self._later(conn, mode, request, self._ready(), route=route)
+        if route == "metrics":
+            self.count(route, 200)
+            body, content_type = metrics.exposition(self.totals(), __version__, request.header(b"accept"))
+            return self.responses.build(200, body, mode, content_type=content_type)
+        if route == "dashboard":
+            self.count(route, 200)
+            return self.responses.get(200, dashboard.PAGE, mode, _PAGE_HEADERS, content_type=_HTML)
+        if route == "dashboard.json":
+            refusal = self.admin.check(request, required=False)
+            if refusal is not None:
+                self.count(route, refusal[0])
+                return self.responses.build(*refusal[:2], mode, refusal[2])
+            return self._later(conn, mode, request, self._dashboard(), cache=False, route=route)
+        return self._later(conn, mode, request, self._stock(self._item(path[7:])), route=route)
+
+    def totals(self) -> metrics.Totals:
+        """The server's counters, over all workers (metrics on)."""
+        assert self.stats is not None
+        own = self.stats.dump(len(self.registry.conns) if self.registry else 0, len(self.batcher._in_flight))
+        return self.board.totals(own)
+
+    def publish(self) -> None:
+        """Write this worker's counters where the other workers read them (metrics.Board)."""
+        if self.stats is not None and self.board.directory is not None:
+            own = self.stats.dump(len(self.registry.conns) if self.registry else 0, len(self.batcher._in_flight))
+            try:
+                self.board.publish(own)
+            except OSError as exc:  # a full tmpfs: the scrape of another worker misses ours
+                log.warning("cannot publish metrics: %s", exc)
+
+    async def _dashboard(self) -> tuple[int, bytes, bytes]:
+        totals = self.totals() if self.stats is not None else metrics.Totals()
+        try:
+            sales: list[dict[str, Any]] | None = await asyncio.wait_for(
+                sale_store.list_sales(self.redis), self.config.redis_timeout)
+        except (TimeoutError, RedisError, OSError):
+            sales = None
+        return 200, json_body(metrics.dashboard(totals, __version__, time.time(), sales)), _NO_STORE
 
     def _item(self, raw: bytes) -> str:
         item = self._items.get(raw)
@@ -233,15 +325,21 @@ class SeckillApp:
                 return self._order_lookup(request, conn, raw_item[:-6], mode)
             item = self._item(raw_item)
         if request.method not in _PURCHASE_METHODS:
+            self.count("purchase", 405)
             return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_PURCHASE)
         batcher = self.batcher
         if batcher.sold_out(item):
             # Before reading the user: after a sell-out this is nearly every request, and
             # the answer is the same for anyone (a malformed user too).
+            hits = self.gate_hits
+            if hits is not None:
+                hits[item] = hits.get(item, 0) + 1
             return self.purchase_answer(item, batching.SOLD_OUT, mode)
         user = _user(request) if request.query or request.body else b""
-        purchase = Purchase(self, conn, item, mode)
+        purchase = self._purchase_class(self, conn, item, mode)
         if not batcher.submit(item, user, purchase):
+            if self.stats is not None:
+                self.stats.count_results(item, batching.UNAVAILABLE, 1)
             return self.purchase_answer(item, batching.UNAVAILABLE, mode)
         return purchase
 
@@ -265,12 +363,13 @@ class SeckillApp:
     def _order_lookup(self, request: Request, conn: HttpConnection, raw_item: bytes, mode: int) -> bytes | Slot:
         """GET /seckill/{item}/order?user=U: the user's live orders, e.g. after a 503."""
         if request.method != b"GET" and request.method != b"HEAD":
+            self.count("order", 405)
             return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_GET)
         item = self._item(raw_item)
         user = _user(request).decode()
         if not user:
             raise HttpError(400, "user is required: ?user=...")
-        return self._later(conn, mode, request, self._user_orders(item, user), cache=False)
+        return self._later(conn, mode, request, self._user_orders(item, user), cache=False, route="order")
 
     async def _user_orders(self, item: str, user: str) -> tuple[int, bytes, bytes]:
         found = await order_book.user_orders(self.redis, item, user)
@@ -284,7 +383,8 @@ class SeckillApp:
         return 200, json_body({"item": item, "user": user, "orders": orders}), b""
 
     # Slow paths: a few Redis calls each, answered through a slot.
-    def _later(self, conn: HttpConnection, mode: int, request: Request, work: Any, cache: bool = True) -> Slot:
+    def _later(self, conn: HttpConnection, mode: int, request: Request, work: Any, cache: bool = True,
+               route: str = "stock") -> Slot:
         slot = conn.new_slot()
         head = request.method == b"HEAD"
 
@@ -294,6 +394,7 @@ class SeckillApp:
             except (TimeoutError, RedisError, OSError) as exc:
                 log.debug("redis call failed: %r", exc)
                 status, body, extra = 503, _UNAVAILABLE, _RETRY_AFTER
+            self.count(route, status)
             if cache:
                 answer = self.responses.get(status, body, mode, extra)
             else:
@@ -315,6 +416,24 @@ class SeckillApp:
     async def _ready(self) -> tuple[int, bytes, bytes]:
         await self.redis.ping()
         return 200, _OK, b""
+
+
+_ROUTES = {b"/healthz": "healthz", b"/readyz": "readyz", b"/metrics": "metrics", b"/dashboard": "dashboard",
+           b"/dashboard.json": "dashboard.json", b"/limit": "purchase"}
+
+
+def _route_name(path: bytes) -> str:
+    """The metrics label of a path: a fixed set, whatever clients ask for."""
+    name = _ROUTES.get(path)
+    if name is not None:
+        return name
+    if path[:9] == b"/seckill/":
+        return "order" if path.endswith(b"/order") else "purchase"
+    if path[:7] == b"/stock/":
+        return "stock"
+    if path[:7] == b"/admin/":
+        return "admin"
+    return "not_found"
 
 
 def _user(request: Request) -> bytes:
@@ -369,16 +488,17 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
     loop = asyncio.get_running_loop()
     assert config.redis is not None
     redis = make_redis(config.redis, config.redis_timeout)
+    stats = metrics.WorkerStats() if config.metrics else None
     batcher = batching.Batcher(
         redis, make_pipe(redis), timeout=config.redis_timeout, gate_interval=config.gate_interval,
         max_batch=config.max_batch, max_waiting=config.max_waiting,
-        max_in_flight=config.max_in_flight,
+        max_in_flight=config.max_in_flight, stats=stats,
     )
-    app = SeckillApp(config, redis, batcher)
     clock = Clock(loop.time())
     # Config has a field of the same name for each limit (the flags).
     limits = Limits(**{f.name: getattr(config, f.name) for f in dataclasses.fields(Limits)})
     registry = Registry(limits.max_connections)
+    app = SeckillApp(config, redis, batcher, stats, registry)
     def factory() -> HttpConnection:
         return HttpConnection(app, clock, registry, limits)
 
@@ -413,6 +533,12 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
         ticker[0] = loop.call_at(clock.now + 1.0, tick)
 
     ticker = [loop.call_later(1.0, tick)]
+    if app.board.directory is not None:
+        def publish() -> None:
+            app.publish()
+            publisher[0] = loop.call_later(metrics.PUBLISH_INTERVAL, publish)
+
+        publisher = [loop.call_soon(publish)]
     sweeper = loop.create_task(order_book.run_sweeper(redis, config.sweep_interval))
     log.info("worker %d listening on %s", os.getpid(), where)
     await stop.wait()
@@ -427,6 +553,9 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
     except TimeoutError:
         log.warning("graceful timeout: %d connections still open", len(registry.conns))
     ticker[0].cancel()
+    if app.board.directory is not None:
+        publisher[0].cancel()
+        app.publish()  # the last counts, for the other workers' scrapes and the dashboard
     await batcher.close()
     await redis.aclose()
 
@@ -581,7 +710,12 @@ def _serve_with_redis(config: Config, listening: socket.socket | None) -> int:
         if config.workers == 1:
             run_worker(config, embedded.stop if embedded is not None else lambda: None, listening)
             return 0
-        return supervise(config, listening)
+        board = metrics.Board.create() if config.metrics else metrics.Board(None)
+        try:
+            shared = dataclasses.replace(config, metrics_dir=str(board.directory) if board.directory else None)
+            return supervise(shared, listening, board)
+        finally:
+            board.remove()
     finally:
         if embedded is not None:
             embedded.stop()
@@ -592,7 +726,8 @@ CRASH_WINDOW = 10.0  # seconds; more than CRASH_LIMIT worker deaths in it and we
 CRASH_LIMIT = 10
 
 
-def supervise(config: Config, listening: socket.socket | None = None) -> int:
+def supervise(config: Config, listening: socket.socket | None = None,
+              board: metrics.Board | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
     children: dict[int, int] = {}
     deaths: list[float] = []
@@ -644,6 +779,8 @@ def supervise(config: Config, listening: socket.socket | None = None) -> int:
             if pid == 0:
                 break
             index = children.pop(pid)
+            if board is not None:
+                board.retire(pid)  # its counters stay in the totals, its gauges leave
             if stopping:
                 continue
             log.error("worker %d (pid %d) died: %s", index, pid, _describe_status(status))
@@ -722,7 +859,8 @@ def _bounded(kind: type, low: float, high: float | None = None) -> Any:
 
 def _redis_url(text: str) -> str:
     if not valid_url(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a redis://, rediss:// or unix:// URL")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a redis://, rediss://, unix:// or redis+cluster://host:port[,host:port...] URL")
     return text
 
 
@@ -730,7 +868,8 @@ def _add_redis_flags(parser: argparse.ArgumentParser) -> None:
     d = Config()
     parser.add_argument(
         "--redis", type=_redis_url, default=None, metavar="URL",
-        help="Redis URL (redis://, rediss://, unix://). Default: 127.0.0.1:6379 if it answers, "
+        help="Redis URL (redis://, rediss://, unix://), or a Redis Cluster: "
+             "redis+cluster://[:password@]host:port[,host:port...]. Default: 127.0.0.1:6379 if it answers, "
              "else the embedded redis-server under --data-dir",
     )
     parser.add_argument("--data-dir", default=d.data_dir, metavar="DIR",
@@ -799,6 +938,11 @@ def build_serve_parser() -> argparse.ArgumentParser:
                         metavar="TOKEN", help="enables the /admin/ API for `Authorization: Bearer TOKEN` "
                         "(default: $SECKILL_ADMIN_TOKEN; unset: /admin/ is 404). Prefer the variable: "
                         "a flag shows in ps")
+    parser.add_argument("--no-metrics", dest="metrics", action="store_false",
+                        help="no /metrics and no counting behind it (the dashboard then shows sales only)")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="serve the live sale dashboard at /dashboard (its data, /dashboard.json, needs "
+                        "the admin token when one is set)")
     parser.add_argument("--sweep-interval", type=_bounded(float, 0.05, 3600), default=d.sweep_interval,
                         metavar="SECONDS", help="how often each worker expires unpaid holds")
     return parser
