@@ -70,8 +70,9 @@ class App(TypingProtocol):
 
     def dispatch(self, request: Request, conn: HttpConnection) -> bytes | Slot: ...
 
-    def count(self, route: str, status: int) -> None:
-        """Metrics: an answer given outside dispatch (a request refused while parsed)."""
+    def refused(self, conn: HttpConnection, status: int, answer: bytes) -> None:
+        """An answer given outside dispatch (a request refused while parsed, or timed out):
+        for the metrics and the access log."""
 
 
 class Clock:
@@ -338,7 +339,7 @@ class HttpConnection(asyncio.Protocol):
                 answer: bytes | Slot = self._app.responses.get(
                     exc.status, json_body({"error": exc.reason}), CLOSE
                 )
-                self._app.count("unrouted", exc.status)
+                self._app.refused(self, exc.status, answer)  # type: ignore[arg-type]
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("bad request from %s: %s", self.peer, exc.reason)
             else:
@@ -436,6 +437,12 @@ class HttpConnection(asyncio.Protocol):
         peer = self._transport.get_extra_info("peername")
         return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
 
+    @property
+    def peer_address(self) -> str:
+        """The peer's IP address; "unix" over a unix socket."""
+        peer = self._transport.get_extra_info("peername") if self._transport is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) else "unix"
+
     def expire(self, now: float) -> None:
         """Drop a client that stopped reading; close an idle one past its keep-alive time;
         answer 408 to a request whose head or body stalled."""
@@ -469,8 +476,9 @@ class HttpConnection(asyncio.Protocol):
             stalled = now - self.started >= limits.header_timeout
         if stalled:
             self.closing = self._unclean = True
-            self._app.count("unrouted", 408)
-            transport.write(self._app.responses.get(408, json_body({"error": "request timeout"}), CLOSE))
+            answer = self._app.responses.get(408, json_body({"error": "request timeout"}), CLOSE)
+            self._app.refused(self, 408, answer)
+            transport.write(answer)
             self._end()
 
     def shutdown(self, unread: bool = False) -> None:

@@ -45,6 +45,7 @@ import batcher as batching
 import dashboard
 import metrics
 import order_book
+import request_logs
 import sale_store
 from admin_api import AdminApi
 from http_connection import Clock, HttpConnection, Limits, Listener, Registry, Slot
@@ -113,6 +114,11 @@ class Config:
     metrics: bool = True  # /metrics, and the counting behind it
     dashboard: bool = False  # /dashboard and /dashboard.json
     metrics_dir: str | None = None  # set by the parent: where workers publish their counters (metrics.Board)
+    access_log: str | None = None  # a path, or "-" for stdout
+    result_log: str | None = None
+    log_rotate: str = "midnight"
+    log_backups: int = 7
+    forwarded_allow_ips: str = "127.0.0.1"
 
 
 # --- Routes -------------------------------------------------------------------------
@@ -213,6 +219,28 @@ class SeckillApp:
         self._purchase_class = Purchase if stats is None else TimedPurchase
         self.gate_hits = None if stats is None else stats.gate_hits
         self.latency = metrics.Histogram(metrics.LATENCY_BOUNDS) if stats is None else stats.latency
+        # Logs (off by default): a dispatch that also reports each answer, and slots that do.
+        self.logs: list[request_logs.LineLog] = []
+        self.access_log: request_logs.LineLog | None = None
+        self.result_log: request_logs.LineLog | None = None
+        self._slot_class: type[Slot] = Slot
+        self._trust = request_logs.ProxyTrust(config.forwarded_allow_ips)
+        self._when = (0, "")  # $time_local, made once a second
+
+    def open_logs(self, rotator: bool) -> None:
+        """Start the --access-log and --result-log writers (worker 0 rotates them)."""
+        config = self.config
+        every = request_logs.parse_rotation(config.log_rotate)
+        for name in ("access_log", "result_log"):
+            path = getattr(config, name)
+            if path is not None:
+                log_ = request_logs.LineLog(path, every, config.log_backups, rotator)
+                setattr(self, name, log_)
+                self.logs.append(log_)
+        if self.logs:
+            self.dispatch = self._dispatch_logged  # type: ignore[method-assign]
+            self._slot_class = _reporting(Slot)
+            self._purchase_class = _reporting(self._purchase_class)
 
     def dispatch(self, request: Request, conn: HttpConnection) -> bytes | Slot:
         if conn.closing:
@@ -240,6 +268,60 @@ class SeckillApp:
         """Metrics: one answer on a route other than a purchase's result (those are counted per batch)."""
         if self.stats is not None:
             self.stats.count_request(route, status)
+
+    def refused(self, conn: HttpConnection, status: int, answer: bytes) -> None:
+        self.count("unrouted", status)
+        if self.access_log is not None:
+            self.report(None, conn, answer)
+
+    def _dispatch_logged(self, request: Request, conn: HttpConnection) -> bytes | Slot:
+        answer = SeckillApp.dispatch(self, request, conn)
+        if isinstance(answer, bytes):
+            self.report(request, conn, answer)
+        else:
+            answer.request = request  # type: ignore[attr-defined]  # reported when set (_reporting)
+        return answer
+
+    def report(self, request: Request | None, conn: HttpConnection, answer: bytes) -> None:
+        """Log one answer: the access log's line, and the result log's for a purchase decision."""
+        now = time.time()
+        second = int(now)
+        if self._when[0] != second:
+            self._when = (second, request_logs.local_time(now))
+        status = int(answer[9:12])
+        client = conn.peer_address
+        if request is not None:
+            client = self._trust.client(client, request.header(b"x-forwarded-for"), request.header(b"x-real-ip"))
+        if self.access_log is not None:
+            if request is None:
+                line, referer, agent = None, None, None
+            else:
+                line = b"%s %s %s" % (request.method, request.target, b"HTTP/1.0" if request.http10 else b"HTTP/1.1")
+                referer, agent = request.header(b"referer"), request.header(b"user-agent")
+            sent = len(answer) - answer.index(b"\r\n\r\n") - 4
+            self.access_log.add(request_logs.combined(client, self._when[1], line, status, sent, referer, agent))
+        if self.result_log is not None and request is not None:
+            self._report_result(request, answer, now, client)
+
+    def _report_result(self, request: Request, answer: bytes, now: float, client: str) -> None:
+        path = request.path
+        if path == b"/limit":
+            item = "limit"
+        elif path[:9] == b"/seckill/" and not path.endswith(b"/order"):
+            item = path[9:].decode("latin-1")
+        else:
+            return
+        body = answer[answer.index(b"\r\n\r\n") + 4:]
+        try:
+            decided = json.loads(body) if body else {}
+            user = _user(request).decode()
+        except (ValueError, HttpError):
+            return  # a malformed request: no decision was made
+        result = decided.get("result")
+        if result is None:  # refused before any decision (bad item name, wrong method)
+            return
+        assert self.result_log is not None
+        self.result_log.add(request_logs.result_line(now, item, user, result, decided.get("order"), client))
 
     def _route(self, request: Request, conn: HttpConnection, mode: int) -> bytes | Slot:
         path = request.path
@@ -385,7 +467,7 @@ class SeckillApp:
     # Slow paths: a few Redis calls each, answered through a slot.
     def _later(self, conn: HttpConnection, mode: int, request: Request, work: Any, cache: bool = True,
                route: str = "stock") -> Slot:
-        slot = conn.new_slot()
+        slot = self._slot_class(conn, conn.closing)
         head = request.method == b"HEAD"
 
         async def run() -> None:
@@ -416,6 +498,23 @@ class SeckillApp:
     async def _ready(self) -> tuple[int, bytes, bytes]:
         await self.redis.ping()
         return 200, _OK, b""
+
+
+def _reporting(base: type[Any]) -> type[Any]:
+    """`base` (a Slot) that logs its answer when it is set (SeckillApp.report)."""
+
+    class Reporting(base):  # type: ignore[misc]
+        __slots__ = ("request",)
+
+        def set(self, data: bytes) -> None:
+            app = self.app if hasattr(self, "app") else self.conn._app
+            request = getattr(self, "request", None)
+            if request is not None:
+                app.report(request, self.conn, data)
+            base.set(self, data)
+
+    Reporting.__name__ = f"Reporting{base.__name__}"
+    return Reporting
 
 
 _ROUTES = {b"/healthz": "healthz", b"/readyz": "readyz", b"/metrics": "metrics", b"/dashboard": "dashboard",
@@ -474,7 +573,7 @@ def _form_user(form: bytes) -> str:
 # --- One worker ---------------------------------------------------------------------
 
 async def serve(config: Config, abort: Callable[[], None] | None = None,
-                listening: socket.socket | None = None) -> None:
+                listening: socket.socket | None = None, index: int = 0) -> None:
     """Run one worker until SIGTERM/SIGINT, then drain within the graceful timeout.
 
     Alone (`abort` given: the clean-up of the process, e.g. stopping the embedded Redis),
@@ -499,6 +598,7 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
     limits = Limits(**{f.name: getattr(config, f.name) for f in dataclasses.fields(Limits)})
     registry = Registry(limits.max_connections)
     app = SeckillApp(config, redis, batcher, stats, registry)
+    app.open_logs(rotator=index == 0)
     def factory() -> HttpConnection:
         return HttpConnection(app, clock, registry, limits)
 
@@ -530,6 +630,8 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
         app.responses.refresh_date()
         for conn in list(registry.conns):
             conn.expire(clock.now)
+        for line_log in app.logs:
+            line_log.tick()
         ticker[0] = loop.call_at(clock.now + 1.0, tick)
 
     ticker = [loop.call_later(1.0, tick)]
@@ -556,13 +658,15 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
     if app.board.directory is not None:
         publisher[0].cancel()
         app.publish()  # the last counts, for the other workers' scrapes and the dashboard
+    for line_log in app.logs:
+        line_log.close()
     await batcher.close()
     await redis.aclose()
 
 
 def run_worker(config: Config, abort: Callable[[], None] | None = None,
-               listening: socket.socket | None = None) -> None:
-    uvloop.run(serve(config, abort, listening))
+               listening: socket.socket | None = None, index: int = 0) -> None:
+    uvloop.run(serve(config, abort, listening, index))
 
 
 # --- The parent: Redis, the demo sale, workers ------------------------------------
@@ -674,6 +778,12 @@ def bind_unix_socket(path: str, backlog: int) -> socket.socket:
 
 
 def main_serve(config: Config) -> int:
+    for path in (config.access_log, config.result_log):
+        if path is not None and path != "-":
+            try:  # here, for a one-line error rather than a worker's traceback
+                os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+            except OSError as exc:
+                die(f"cannot write the log {path}: {exc.strerror}", EXIT_USAGE)
     listening = None
     if config.uds is not None:
         listening = bind_unix_socket(config.uds, config.backlog)
@@ -741,7 +851,7 @@ def supervise(config: Config, listening: socket.socket | None = None,
             try:
                 _stop_with_parent(parent)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_SIGNALS)
-                run_worker(config, listening=listening)
+                run_worker(config, listening=listening, index=index)
             except BaseException:
                 log.exception("worker %d crashed", index)
                 code = 1
@@ -864,6 +974,22 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _rotation(text: str) -> str:
+    try:
+        request_logs.parse_rotation(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _proxies(text: str) -> str:
+    try:
+        request_logs.ProxyTrust(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return text
+
+
 def _add_redis_flags(parser: argparse.ArgumentParser) -> None:
     d = Config()
     parser.add_argument(
@@ -938,6 +1064,18 @@ def build_serve_parser() -> argparse.ArgumentParser:
                         metavar="TOKEN", help="enables the /admin/ API for `Authorization: Bearer TOKEN` "
                         "(default: $SECKILL_ADMIN_TOKEN; unset: /admin/ is 404). Prefer the variable: "
                         "a flag shows in ps")
+    parser.add_argument("--access-log", default=None, metavar="PATH",
+                        help="log each request in nginx's combined format to PATH, or - for stdout (default: off)")
+    parser.add_argument("--result-log", default=None, metavar="PATH",
+                        help="log each purchase decision (time, item, user, result, order, client) as a JSON "
+                        "line to PATH, or - for stdout (default: off)")
+    parser.add_argument("--log-rotate", type=_rotation, default=d.log_rotate, metavar="WHEN",
+                        help="rotate the access and result logs: midnight, hourly, every N seconds (60s), or never")
+    parser.add_argument("--log-backups", type=_bounded(int, 0, 10_000), default=d.log_backups, metavar="N",
+                        help="rotated files kept per log")
+    parser.add_argument("--forwarded-allow-ips", type=_proxies, default=d.forwarded_allow_ips, metavar="IPS",
+                        help="comma-separated addresses or networks of proxies (nginx) whose X-Forwarded-For / "
+                        "X-Real-IP name the client in the logs; * trusts any peer; unix-socket peers are trusted")
     parser.add_argument("--no-metrics", dest="metrics", action="store_false",
                         help="no /metrics and no counting behind it (the dashboard then shows sales only)")
     parser.add_argument("--dashboard", action="store_true",

@@ -1,0 +1,152 @@
+"""--access-log (nginx's combined format), --result-log (a JSON line per purchase decision),
+their rotation, and --forwarded-allow-ips."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+import request_logs
+from conftest import ROOT, create_sale
+from http_client import Conn, fetch, hammer
+from test_redis_faults import poll
+
+# nginx's combined format: $remote_addr - $remote_user [$time_local] "$request" $status
+# $body_bytes_sent "$http_referer" "$http_user_agent"
+COMBINED = re.compile(
+    r'(?P<client>\S+) - - \[(?P<time>\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4})\] '
+    r'"(?P<request>[^"]*)" (?P<status>\d{3}) (?P<sent>\d+) "(?P<referer>[^"]*)" "(?P<agent>[^"]*)"'
+)
+
+
+def lines(*paths: Path) -> list[str]:
+    return [line for path in paths if path.exists() for line in path.read_text().splitlines()]
+
+
+def test_access_log_in_the_combined_format(start_server, redis_client: redis.Redis, tmp_path: Path) -> None:
+    create_sale(redis_client, "phone", 1)
+    log = tmp_path / "access.log"
+    server = start_server("--access-log", str(log))
+    answers = [
+        fetch(server.port, "GET", "/seckill/phone?user=a", headers={"User-Agent": 'ab "2.3"', "Referer": "http://x/"}),
+        fetch(server.port, "GET", "/seckill/phone?user=b"),  # sold out: answered by Redis or the gate
+        fetch(server.port, "HEAD", "/stock/phone"),
+        fetch(server.port, "GET", "/nope"),
+    ]
+    with Conn(server.port) as conn:
+        answers.append(conn.request(b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n"))
+    assert server.stop() == 0  # a stopping worker writes what it holds
+
+    entries = [COMBINED.fullmatch(line) for line in lines(log)]
+    assert all(entries), lines(log)
+    got = [(e["client"], e["request"], e["status"], e["referer"], e["agent"]) for e in entries if e]
+    assert got == [
+        ("127.0.0.1", "GET /seckill/phone?user=a HTTP/1.1", "200", "http://x/", r"ab \x222.3\x22"),
+        ("127.0.0.1", "GET /seckill/phone?user=b HTTP/1.1", "409", "-", "-"),
+        ("127.0.0.1", "HEAD /stock/phone HTTP/1.1", "200", "-", "-"),
+        ("127.0.0.1", "GET /nope HTTP/1.1", "404", "-", "-"),
+        ("127.0.0.1", "-", "400", "-", "-"),  # refused before a request line was read whole
+    ]
+    assert [int(e["sent"]) for e in entries if e] == [len(a.body) for a in answers]  # HEAD: 0
+
+
+@pytest.mark.parametrize(("allow", "peer_says", "logged"), [
+    ("127.0.0.1", {"X-Forwarded-For": "203.0.113.7"}, "203.0.113.7"),  # our nginx, the default
+    ("127.0.0.1", {"X-Real-IP": "203.0.113.8"}, "203.0.113.8"),
+    # The right-most address that is not a trusted proxy: the client could have written the rest.
+    ("127.0.0.1,10.0.0.0/8", {"X-Forwarded-For": "6.6.6.6, 203.0.113.9, 10.1.2.3"}, "203.0.113.9"),
+    ("10.0.0.1", {"X-Forwarded-For": "203.0.113.7"}, "127.0.0.1"),  # not a trusted peer: ignored
+    ("*", {"X-Forwarded-For": "not-an-address"}, "-"),
+    ("127.0.0.1", {}, "127.0.0.1"),
+])
+def test_forwarded_allow_ips(start_server, tmp_path: Path, allow: str, peer_says: dict[str, str],
+                             logged: str) -> None:
+    log = tmp_path / "access.log"
+    server = start_server("--access-log", str(log), "--forwarded-allow-ips", allow)
+    fetch(server.port, "GET", "/healthz", headers=peer_says)
+    assert server.stop() == 0
+    entry = COMBINED.fullmatch(lines(log)[0])
+    assert entry is not None and entry["client"] == logged
+
+
+@pytest.mark.slow
+def test_result_log_records_every_decision_of_two_workers(start_server, redis_client: redis.Redis,
+                                                          tmp_path: Path) -> None:
+    stock, users = 50, 400
+    create_sale(redis_client, "phone", stock)
+    log = tmp_path / "results.log"
+    server = start_server("--result-log", str(log), workers=2)
+    paths = [[f"/seckill/phone?user=u{c}-{i}" for i in range(10)] for c in range(users // 10)]
+    answers = asyncio.run(hammer(server.port, paths))
+    fetch(server.port, "GET", "/seckill/phone?user=%ff")  # malformed: no decision, no line
+    assert server.stop() == 0
+
+    records = [json.loads(line) for line in lines(log)]
+    assert len(records) == users
+    assert {tuple(sorted(r)) for r in records} == {("client", "item", "order", "result", "time", "user")}
+    won = {r["user"]: r["order"] for r in records if r["result"] == "won"}
+    assert len(won) == stock and sum(r["result"] == "sold_out" for r in records) == users - stock
+    assert sorted(r["user"] for r in records) == sorted(p.split("=")[1] for conn in paths for p in conn)
+    # The log's orders are the ones the buyers were told.
+    told = {a.json()["order"] for a in answers if a.status == 200}
+    assert set(won.values()) == told
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["time"]) for r in records)
+
+
+@pytest.mark.slow
+def test_rotation_by_time_loses_no_line(start_server, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    server = start_server("--access-log", str(log), "--log-rotate", "1s", "--log-backups", "100", workers=2)
+    sent = 0
+
+    def rotated_twice() -> bool:
+        nonlocal sent
+        fetch(server.port, "GET", "/healthz")
+        sent += 1
+        return len(list(tmp_path.glob("access.log.*"))) >= 2
+
+    poll(rotated_twice, "two rotations", timeout=20, every=0.05)
+    assert server.stop() == 0
+    backups = sorted(tmp_path.glob("access.log.*"))
+    assert all(re.fullmatch(r"access\.log\.\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", p.name) for p in backups)
+    # Both workers follow worker 0's renames: every line is in exactly one file.
+    assert len(lines(log, *backups)) == sent
+    assert any(p.stat().st_size for p in backups)
+
+
+def test_rotation_deletes_backups_past_the_count(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
+        (tmp_path / f"access.log.{day}_00-00-00").write_text("old\n")
+    writer = request_logs.LineLog(str(log), rotate_every=1, backups=2, rotator=True)
+
+    def rotated() -> bool:
+        writer.tick()  # as the worker's once-a-second tick does
+        return any(not p.name.startswith("access.log.2026-01") for p in tmp_path.glob("access.log.*"))
+
+    try:
+        poll(rotated, "a rotation", timeout=5, every=0.05)
+    finally:
+        writer.close()  # the rotation, deletions included, is done when its thread ends
+    kept = sorted(p.name for p in tmp_path.glob("access.log.*"))
+    assert len(kept) == 2 and "access.log.2026-01-01_00-00-00" not in kept
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--log-rotate", "weekly"], "midnight, hourly, never or a number of seconds"),
+    (["--log-backups", "-1"], "out of range"),
+    (["--forwarded-allow-ips", "10.0.0.300"], "10.0.0.300"),
+    (["--access-log", "/nonexistent-dir/access.log"], "cannot write the log /nonexistent-dir/access.log"),
+])
+def test_bad_log_flags_are_refused_in_one_line(args: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "seckill_server.py"), "--port", "1", *args],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
