@@ -356,3 +356,24 @@ def test_nginx_fronts_what_the_server_refuses(start_server: StartServer, start_n
                                       b"Content-Length: %d\r\n\r\n%s" % (len(big), big))
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     assert len(stream_orders(redis_client, "hat")) == 1
+
+
+@pytest.mark.parametrize("transport", ["tcp", "uds"])
+def test_access_log_names_the_client_behind_nginx(start_server: StartServer, start_nginx: StartNginx,
+                                                  tmp_path: Path, transport: str) -> None:
+    """deploy/nginx.conf passes the client on in X-Forwarded-For and our access log names it.
+    nginx appends the address it saw to what the client sent ("203.0.113.9, 127.0.0.1"); both
+    nginx (127.0.0.1, or the unix socket) and, here, the client (127.0.0.1) are trusted by
+    default, so the right-most untrusted address is the one the client claimed."""
+    log = tmp_path / "access.log"
+    if transport == "uds":
+        sock = tmp_path / "s.sock"
+        server = start_server("--uds", str(sock), "--access-log", str(log))
+        nginx = start_nginx(f"unix:{sock}")
+    else:
+        server = start_server("--access-log", str(log))
+        nginx = start_nginx(f"127.0.0.1:{server.port}")
+    assert fetch(nginx.port, "GET", "/healthz", headers={"X-Forwarded-For": "203.0.113.9"}).status == 200
+    assert fetch(nginx.port, "GET", "/healthz").status == 200
+    assert server.stop() == 0
+    assert [line.split(" ", 1)[0] for line in log.read_text().splitlines()] == ["203.0.113.9", "127.0.0.1"]
