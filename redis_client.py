@@ -1,20 +1,33 @@
 """Making the Redis client and the batch pipe for a `--redis` URL.
 
 A plain URL (redis://, rediss://, unix://) gives one `redis.asyncio.Redis` and one
-`redis_pipe.OrderedPipe` per worker. A `redis+cluster://host:port[,host:port]` URL gives
-redis-py's asyncio `RedisCluster` and a pipe per cluster node (cluster_pipe.py).
+`redis_pipe.OrderedPipe` per worker. A `redis+cluster://[:password@]host:port[,host:port]`
+URL gives redis-py's asyncio `RedisCluster` (every host:port a startup node) and a pipe
+per cluster node (cluster_pipe.py).
+
+The cluster client is handed around typed as `Redis`: every call the server makes on it
+(HMGET, EVAL, SADD, XRANGE, SCRIPT LOAD, PING, pipelines...) has the same signature on
+both, and each of those calls names keys of one sale, so of one slot ({item} hash tag).
+What differs is how a cluster fails: redis-py raises `RedisClusterException`, which is
+not a `RedisError`, when no startup node answers or a slot is not covered. `Cluster`
+turns those into `ClusterUnavailable`, a `RedisError`, so every caller's existing
+`except RedisError` (503, exit 3, a logged sweep failure) covers a cluster too.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any, Protocol, cast
+from urllib.parse import unquote, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.exceptions import RedisClusterException
 
+from cluster_pipe import ClusterPipe, ClusterUnavailable
 from redis_pipe import OrderedPipe
 
 SCHEMES = ("redis", "rediss", "unix")
+CLUSTER_SCHEME = "redis+cluster"
 
 
 class BatchPipe(Protocol):
@@ -23,11 +36,54 @@ class BatchPipe(Protocol):
     async def close(self) -> None: ...
 
 
+class Cluster(RedisCluster):
+    """redis-py's asyncio RedisCluster whose own failures are RedisErrors (see above)."""
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> Cluster:
+        try:
+            await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+        return self
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]] | None:
+    """The host:port pairs of a redis+cluster:// URL; None if it is not one, or malformed."""
+    parts = urlsplit(url)
+    if parts.scheme != CLUSTER_SCHEME or parts.query or parts.fragment or parts.path not in ("", "/", "/0"):
+        return None
+    nodes = []
+    for address in parts.netloc.rpartition("@")[2].split(","):
+        host, colon, port = address.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")  # [::1]:7000
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            return None
+        nodes.append((host, int(port)))
+    return nodes
+
+
 def valid_url(text: str) -> bool:
-    return urlsplit(text).scheme in SCHEMES
+    return urlsplit(text).scheme in SCHEMES or cluster_nodes(text) is not None
 
 
 def make_redis(url: str, timeout: float) -> Redis:
+    nodes = cluster_nodes(url)
+    if nodes is not None:
+        parts = urlsplit(url)
+        cluster = Cluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0,
+            driver_info=None,  # no CLIENT SETINFO (Redis < 7.2 refuses it); lib_name=None is deprecated here
+        )
+        return cast(Redis, cluster)  # the same commands (see the module's docstring)
     return Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0,
         lib_name=None, lib_version=None,  # no CLIENT SETINFO: Redis < 7.2 refuses it
@@ -35,4 +91,6 @@ def make_redis(url: str, timeout: float) -> Redis:
 
 
 def make_pipe(redis: Redis) -> BatchPipe:
+    if isinstance(redis, RedisCluster):
+        return ClusterPipe(redis)
     return OrderedPipe(redis)
