@@ -2,15 +2,19 @@
 
 run.py fills a `Findings`; `render()` turns it into bench/RESULTS.md: machine, the table
 (req/s, p50/p99, ratios to nginx and to the seed measured with the same tool), Redis
-round trips, the exactness checks, the targets, the profile, the exact commands.
-`pinning_report()` renders the pinning experiment's rounds into bench/PINNING.md.
+round trips, the connection sweep, metrics on against off, the exactness checks, the
+targets, the profile, the exact commands. `to_json()` / `from_json()` keep the findings
+whole beside it (bench/results.json), so the picture (plot.py) can be redrawn without a
+new run. `pinning_report()` renders the pinning experiment's rounds into bench/PINNING.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
 from loadgen import LoadResult
 from pyspy import FunctionShare
@@ -20,10 +24,17 @@ CONTENDERS = {
     "b": "(b) seckill, sold out",
     "c": "(c) seed: Flask, gunicorn -k gevent -w 4",
     "d": "(d) nginx `return 200`",
+    "e": "(e) seckill, admission, metrics off (`--no-metrics`)",
 }
 LOADS = {"wrk": "wrk, keep-alive, distinct users", "wrk1": "wrk, keep-alive, one URL",
          "ab": "ab, no keep-alive"}
 DISTURBED = 0.2  # CPUs used by other processes during a run above which we say so
+# The connection sweep: the admission path and the ceiling, keep-alive, one URL.
+SWEEP_CONTENDERS = ("a", "d")
+SWEEP_TOOL = "wrk1"
+# Acceptance for the Prometheus metrics: admission with them on is within 5% of them off.
+METRICS_TOOL = "wrk1"
+METRICS_BOUND = 0.95
 
 
 @dataclasses.dataclass
@@ -34,6 +45,7 @@ class Row:
     skipped: str = ""
     redis_rt: float | None = None  # evalsha calls per answered request, seckill only
     all_rps: list[float] = dataclasses.field(default_factory=list)  # every run; `result` is the median
+    connections: int | None = None  # the connection sweep's rows: wrk -c N (None: the main table)
 
     @property
     def rps(self) -> float | None:
@@ -69,6 +81,7 @@ class Findings:
     pinning: str
     pinning_why: str
     rows: list[Row] = dataclasses.field(default_factory=list)
+    sweep: list[Row] = dataclasses.field(default_factory=list)  # req/s against connections
     exactness: list[Exactness] = dataclasses.field(default_factory=list)
     profile: Profile | None = None
     commands: list[tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -85,6 +98,22 @@ class Findings:
         if row is None or base is None or not row.rps or not base.rps:
             return None
         return row.rps / base.rps
+
+    def sweep_row(self, contender: str, connections: int) -> Row | None:
+        for row in self.sweep:
+            if row.contender == contender and row.connections == connections:
+                return row
+        return None
+
+    def sweep_ratio(self, contender: str, connections: int, baseline: str = "d") -> float | None:
+        row, base = self.sweep_row(contender, connections), self.sweep_row(baseline, connections)
+        if row is None or base is None or not row.rps or not base.rps:
+            return None
+        return row.rps / base.rps
+
+    def metrics_ratio(self) -> float | None:
+        """Admission req/s with metrics on over the same with `--no-metrics`."""
+        return self.ratio("a", METRICS_TOOL, "e")
 
 
 def _num(value: float | None, digits: int = 0, suffix: str = "") -> str:
@@ -107,6 +136,13 @@ def _range(values: Sequence[float]) -> str:
     if len(values) < 2:
         return str(len(values))
     return f"{len(values)}: {min(values) / 1000:,.1f}k–{max(values) / 1000:,.1f}k"
+
+
+def _runs(row: Row) -> str:
+    """How many runs of how long, and their req/s range: "3 × 5 s: 110.2k–114.0k"."""
+    seconds = f" × {row.result.seconds:.0f} s" if row.result and row.result.tool == "wrk" else ""
+    spread = _range(row.all_rps)
+    return f"{len(row.all_rps)}{seconds}" + (spread[spread.index(":"):] if ":" in spread else "")
 
 
 def results_table(findings: Findings) -> str:
@@ -145,6 +181,8 @@ def targets(findings: Findings) -> list[tuple[str, str, bool | None]]:
     checks += [
         ("≤ 0.05 Redis round trips per request at "
          f"{findings.settings.get('connections', '?')} connections", rt, 0.05, False),
+        (f"admission with metrics on ≥ {METRICS_BOUND:g}× metrics off (wrk, one URL)",
+         findings.metrics_ratio(), METRICS_BOUND, True),
     ]
     out: list[tuple[str, str, bool | None]] = []
     for label, value, bound, at_least in checks:
@@ -162,6 +200,62 @@ def targets_table(findings: Findings) -> str:
         mark = "–" if reached is None else ("**yes**" if reached else "no")
         lines.append(f"| {label} | {shown} | {mark} |")
     return "\n".join(lines)
+
+
+def sweep_table(findings: Findings) -> str:
+    lines = [
+        "| contender | connections | req/s | p50 ms | p99 ms | × nginx | errors "
+        "| Redis round trips/req | other CPU | CPUs busy | runs × length: req/s range |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in findings.sweep:
+        name, n = CONTENDERS[row.contender], row.connections or 0
+        if row.result is None:
+            lines.append(f"| {name} | {n:,} | skipped: {row.skipped} | | | | | | | | |")
+            continue
+        r = row.result
+        lines.append(
+            f"| {name} | {n:,} | {_num(r.rps)} | {_num(r.p50_ms, 2)} | {_num(r.p99_ms, 2)} "
+            f"| {_ratio(findings.sweep_ratio(row.contender, n))} | {r.errors:,} "
+            f"| {_num(row.redis_rt, 4)} | {_num(r.foreign_cpu, 2)} | {_busy(r.cpu_busy)} | {_runs(row)} |"
+        )
+    return "\n".join(lines)
+
+
+def metrics_section(findings: Findings) -> str:
+    """Admission with metrics on, (a), against the same with `--no-metrics`, (e)."""
+    on, off = findings.row("a", METRICS_TOOL), findings.row("e", METRICS_TOOL)
+    if off is None or on is None:
+        return "Not run."
+    if off.result is None or on.result is None:
+        return f"Not measured: {off.skipped or on.skipped}"
+    ratio = findings.metrics_ratio() or 0.0
+    lines = ["| server | load | req/s | p50 ms | p99 ms | Redis round trips/req | other CPU "
+             "| runs: req/s range |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for row, what in ((on, "metrics on (the default)"), (off, "`--no-metrics`")):
+        r = row.result
+        assert r is not None
+        lines.append(f"| {what} | {LOADS[row.tool]} | {_num(r.rps)} | {_num(r.p50_ms, 2)} "
+                     f"| {_num(r.p99_ms, 2)} | {_num(row.redis_rt, 4)} | {_num(r.foreign_cpu, 2)} "
+                     f"| {_range(row.all_rps)} |")
+    pairs = [a / b for a, b in zip(on.all_rps, off.all_rps, strict=False) if b]
+    verdict = "**yes**" if ratio >= METRICS_BOUND else "**no**"
+    disturbed = max(on.result.foreign_cpu or 0.0, off.result.foreign_cpu or 0.0)
+    if disturbed > DISTURBED:
+        verdict += (f" (but other processes took up to {disturbed:.2f} CPUs during these runs: "
+                    "the ratio says more about them than about the metrics; measure again)")
+    return (
+        "\n".join(lines) + "\n\n"
+        f"Metrics on ÷ off: **{ratio:.3f}** ({(ratio - 1) * 100:+.1f}%); acceptance, on within "
+        f"{(1 - METRICS_BOUND) * 100:g}% of off (≥ {METRICS_BOUND:g}): {verdict}. "
+        + (f"Run by run (the i-th run of each): {', '.join(f'{p:.3f}' for p in pairs)}. "
+           if len(pairs) > 1 else "")
+        + "Both servers run side by side, pinned alike, against the same Redis; one is idle "
+        "while the other is measured, and their runs alternate (on, off, then off, on, ...), "
+        "so a drift in the shared machine's load hits both alike. The figures move by a few "
+        "per cent from run to run here (the range column): read a ratio within that of 1.0 "
+        "as no measurable cost."
+    )
 
 
 def exactness_table(checks: Sequence[Exactness]) -> str:
@@ -185,14 +279,16 @@ def profile_table(shares: Sequence[FunctionShare]) -> str:
     return "\n".join(lines)
 
 
-def render(findings: Findings) -> str:
+def render(findings: Findings, picture: str | None = None) -> str:
+    """The Markdown report; `picture`: the PNG's path relative to it, shown under the title."""
     machine = "\n".join(f"- {k}: {v}" for k, v in findings.machine.items())
     settings = "\n".join(f"- {k}: {v}" for k, v in findings.settings.items())
     commands = "\n".join(f"# {label}\n{cmd}" for label, cmd in findings.commands)
     parts = [
         "# seckill benchmark results",
         f"Generated by `bench/run.py` on {findings.date}. Re-run with `make bench` "
-        "(`.venv/bin/python bench/run.py --help` for the knobs).",
+        "(`.venv/bin/python bench/run.py --help` for the knobs)."
+        + (f"\n\n![bench results]({picture})" if picture else ""),
         "## Machine\n\n" + machine,
         "## Settings\n\n" + settings,
         "## Pinning\n\n" + f"Scheme **{findings.pinning}**. {findings.pinning_why}",
@@ -210,6 +306,11 @@ def render(findings: Findings) -> str:
         "run, interrupts included; with the split pinning (below) CPU 0 is the contender's and "
         "CPU 1 the load generator's and Redis's, so a saturated CPU 1 beside a CPU 0 with time "
         "to spare means the client, not the contender, set the pace.",
+        "## Connections\n\n" + (sweep_table(findings) if findings.sweep else "Not run.")
+        + "\n\nreq/s against wrk's connections (`-c N`, one thread, keep-alive, one URL), "
+        "everything else as in the table above. " + findings.settings.get("connection sweep", "")
+        + " × nginx compares with nginx at the same number of connections.",
+        "## Metrics on vs off\n\n" + metrics_section(findings),
         "## Targets\n\n" + targets_table(findings),
         "## Exactness (bounded stock)\n\n" + (
             exactness_table(findings.exactness) if findings.exactness else "Not run."
@@ -239,6 +340,43 @@ def render(findings: Findings) -> str:
     parts.append("## Notes\n\n" + ("\n".join(f"- {n}" for n in findings.notes) or "- none"))
     parts.append("## Commands\n\n```sh\n" + commands + "\n```")
     return "\n\n".join(parts) + "\n"
+
+
+# --- Findings as JSON ---------------------------------------------------------------------
+
+def to_json(findings: Findings) -> str:
+    return json.dumps(dataclasses.asdict(findings), indent=1, ensure_ascii=False) + "\n"
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `data` that are fields of `cls`: a file from an older bench still loads."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _load_row(data: dict[str, Any]) -> Row:
+    fields = _known(Row, data)
+    result = fields.pop("result", None)
+    if result is not None:
+        result = LoadResult(**_known(LoadResult, result))
+        result.statuses = {int(k): v for k, v in result.statuses.items()}  # JSON keys are strings
+    return Row(**fields, result=result)
+
+
+def from_json(text: str) -> Findings:
+    """The Findings that `to_json()` wrote."""
+    data = json.loads(text)
+    fields = _known(Findings, data)
+    fields["rows"] = [_load_row(r) for r in fields.get("rows", [])]
+    fields["sweep"] = [_load_row(r) for r in fields.get("sweep", [])]
+    fields["exactness"] = [Exactness(**e) for e in fields.get("exactness", [])]
+    fields["commands"] = [tuple(c) for c in fields.get("commands", [])]
+    if fields.get("profile"):
+        profile = _known(Profile, fields["profile"])
+        profile["top"] = [FunctionShare(**s) for s in profile["top"]]
+        profile["own"] = [FunctionShare(**s) for s in profile["own"]]
+        fields["profile"] = Profile(**profile)
+    return Findings(**fields)
 
 
 # --- The pinning experiment -------------------------------------------------------------

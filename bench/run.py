@@ -1,7 +1,9 @@
 """bench/run.py: this server against the seed's stack and an nginx ceiling, in one run.
 
-    .venv/bin/python bench/run.py               # the full run (~5 minutes), writes bench/RESULTS.md
+    .venv/bin/python bench/run.py               # the full run (~7.5 minutes): bench/RESULTS.md,
+                                                # bench/results.json and bench/results.png
     .venv/bin/python bench/run.py --quick       # 3 s per contender, one run each, to bench/out/
+    .venv/bin/python bench/run.py --plot-only   # redraw bench/results.png from bench/results.json
     .venv/bin/python bench/run.py --profile     # also py-spy on the server during (a)
     .venv/bin/python bench/run.py --pin-experiment   # compare CPU pinning schemes
 
@@ -16,13 +18,31 @@ Each contender is started, warmed up, measured with the SAME wrk settings
       gate is armed;
   (c) the seed: bench/seed_app.py (Flask + redis-py, SETNX/INCRBY) under
       `gunicorn -k gevent -w 4`;
-  (d) nginx `return 200`, one worker: the ceiling for HTTP on this machine.
+  (d) nginx `return 200`, one worker: the ceiling for HTTP on this machine;
+  (e) (a) with one URL on a second seckill server started with `--no-metrics` (all
+      counting off), beside the first and pinned alike; its runs alternate with those
+      of (a) one URL (a e, e a, a e), so the ratio metrics on / off (acceptance: >= 0.95)
+      is not a drift of the shared machine. If the server rejects the flag, (e) is a
+      skipped row with the server's message.
 
 (a), (c) and (d) are also hit by `ab -c 100 -n 20000` without keep-alive (a new
 connection per request). For (a) and (b), Redis round trips per request are the
 `cmdstat_evalsha` calls during the run divided by the responses the client received.
 Then the exactness run: a sale of 1000 units is hammered by wrk (keep-alive) and
 another by ab, and both Redis (sold, orders) and the client (200s) must say 1000.
+
+The connection sweep: req/s of (a) and (d) with one URL (the README's headline load)
+at `wrk -t1 -c N`, N = 10, 100, 1000 (`--sweep`), each contender while it is up. Its
+points are shorter (3 runs of 5 s, `--sweep-duration`, `--sweep-repeat`) and have no
+warm-up (the contender has just served the main rows); the point at --connections
+(100) is the main table's one-URL row. For 1000 connections the
+soft RLIMIT_NOFILE is raised here (wrk, the server and nginx inherit it); a point the
+hard limit cannot hold is skipped with a message. The server's default
+--max-connections (10000 per worker) is checked, not assumed.
+
+The findings are saved whole as JSON beside the Markdown (bench/results.json), and
+drawn (bench/plot.py, matplotlib) as bench/results.png: req/s per row with its ratio to
+nginx, and req/s against connections. `--plot-only` redraws from the JSON.
 
 The machine is shared and small, so: every row is the median of `--repeat` runs (3);
 before each run we wait (bounded) until other processes leave the CPUs alone, and we
@@ -40,6 +60,7 @@ import dataclasses
 import datetime
 import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -48,28 +69,33 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import loadgen
 import machine
+import plot
 import pyspy
 import redis
 from cpuwatch import CpuWatch
 from loadgen import LoadError, LoadResult
 from report import (
     DISTURBED,
+    METRICS_TOOL,
+    SWEEP_TOOL,
     Exactness,
     Findings,
     Profile,
     Round,
     Row,
     Sample,
+    from_json,
     pinning_report,
     render,
     results_table,
     targets_table,
+    to_json,
 )
 from services import (
     BENCH_DIR,
@@ -97,6 +123,13 @@ ADMIT_STOCK = 10**12  # never runs out: every request is a Redis admission
 SOLD_OUT_ITEM = "bench-soldout"
 EXACT_WRK_ITEM = "bench-exact-wrk"
 EXACT_AB_ITEM = "bench-exact-ab"
+NO_METRICS_FLAG = "--no-metrics"  # the server's switch that turns all counting off, for (e)
+DEFAULT_SWEEP = "10,100,1000"  # wrk connections of the connection sweep
+# File descriptors a process needs beyond its N client sockets (listeners, logs, Redis,
+# pipes); the limit is raised to at least FD_FLOOR so that nginx's worker_connections 4096
+# fits too.
+FD_HEADROOM = 64
+FD_FLOOR = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +176,12 @@ PINNING_WHY = (
 
 # --- Options ---------------------------------------------------------------------------
 
-QUICK = {"duration": 3.0, "warmup": 1.0, "ab_requests": 5000, "exact_seconds": 2.0, "repeat": 1}
-FULL = {"duration": 10.0, "warmup": 2.0, "ab_requests": 20000, "exact_seconds": 3.0, "repeat": 3}
+QUICK = {"duration": 3.0, "warmup": 1.0, "ab_requests": 5000, "exact_seconds": 2.0, "repeat": 1,
+         "sweep_duration": 2.0, "sweep_repeat": 1}
+# The sweep's points are shorter than the main rows' (5 s, not 10 s) to keep the full run
+# near 7.5 minutes (8 with a busy neighbour); the median of 3 still stands for each.
+FULL = {"duration": 10.0, "warmup": 2.0, "ab_requests": 20000, "exact_seconds": 3.0, "repeat": 3,
+        "sweep_duration": 5.0, "sweep_repeat": 3}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -191,9 +228,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     load.add_argument("--quiet-threshold", type=float, default=0.15, metavar="CPUS",
                       help="CPU use by other processes that counts as quiet")
 
+    sweep = parser.add_argument_group("connection sweep: req/s of (a) and (d), one URL, against wrk -c N")
+    sweep.add_argument("--sweep", default=DEFAULT_SWEEP, metavar="LIST",
+                       help="comma-separated connection counts; the one equal to --connections "
+                            "reuses the main table's row")
+    sweep.add_argument("--sweep-duration", type=float, metavar="SECONDS",
+                       help=f"wrk run per point (default {FULL['sweep_duration']:g}, "
+                            f"--quick {QUICK['sweep_duration']:g})")
+    sweep.add_argument("--sweep-repeat", type=int, metavar="N",
+                       help=f"runs per point, the median reported (default {FULL['sweep_repeat']}, "
+                            f"--quick {QUICK['sweep_repeat']})")
+
     what = parser.add_argument_group("what to run")
     what.add_argument("--skip", default="", metavar="LIST",
-                      help="comma-separated parts to leave out: seckill, seed, nginx, ab, exact")
+                      help="comma-separated parts to leave out: seckill, seed, nginx, ab, exact, "
+                           "sweep (the connection sweep), metrics (the --no-metrics row)")
     what.add_argument("--exact-stock", type=int, default=1000, metavar="N",
                       help="units of the exactness sales")
     what.add_argument("--exact-seconds", type=float, metavar="SECONDS",
@@ -203,7 +252,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       metavar="PATH", help="nginx binary")
     what.add_argument("--results", type=Path, metavar="FILE",
                       help="Markdown to write (default bench/RESULTS.md, "
-                           "--quick: bench/out/RESULTS-quick.md)")
+                           "--quick: bench/out/RESULTS-quick.md); the findings (JSON) and the "
+                           "picture (PNG) go beside it: bench/results.json and bench/results.png "
+                           "for the default, else the same name with .json and .png")
+    what.add_argument("--plot-only", action="store_true",
+                      help="no benchmark: redraw the picture from the findings saved beside "
+                           "--results (default bench/results.json, --quick "
+                           "bench/out/RESULTS-quick.json)")
 
     prof = parser.add_argument_group("profile")
     prof.add_argument("--profile", action="store_true",
@@ -231,10 +286,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.results is None:
         args.results = OUT_DIR / "RESULTS-quick.md" if args.quick else RESULTS
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if args.duration <= 0 or min(args.connections, args.threads, args.repeat) < 1:
-        parser.error("--duration, --connections, --threads and --repeat must be positive")
-    if args.connections < args.threads:
-        parser.error("wrk needs at least one connection per thread")
+    try:
+        args.sweep = sorted({int(n) for n in args.sweep.split(",") if n.strip()})
+    except ValueError:
+        parser.error(f"--sweep wants numbers separated by commas, not {args.sweep!r}")
+    if args.duration <= 0 or args.sweep_duration <= 0 or min(
+            args.connections, args.threads, args.repeat, args.sweep_repeat) < 1:
+        parser.error("--duration, --sweep-duration, --connections, --threads, --repeat and "
+                     "--sweep-repeat must be positive")
+    if min(args.connections, *args.sweep) < args.threads:
+        parser.error("wrk needs at least one connection per thread (--connections, --sweep)")
     if args.pin != "none" and ((os.cpu_count() or 1) < 2 or not shutil.which("taskset")):
         print(f"--pin {args.pin} needs two CPUs and taskset: running unpinned", file=sys.stderr)
         args.pin = "none"
@@ -242,6 +303,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # --- One benchmark run -------------------------------------------------------------------
+
+def raise_fd_limit(connections: int) -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE so that wrk, the server and nginx (children
+    inherit it) can each hold `connections` sockets; (the limit before, the limit now)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(connections + FD_HEADROOM, FD_FLOOR)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        return soft, new
+    return soft, soft
+
+
+def server_max_connections() -> int | None:
+    """The server's default --max-connections (per worker), None if it cannot be read."""
+    try:
+        from http_connection import Limits  # the server's module, at the repository root
+    except Exception:  # the module mid-edit, say: then we pass the flag rather than fail
+        return None
+    return int(Limits.max_connections)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """What one table row measures: a contender (a key of report.CONTENDERS) at a URL."""
+
+    contender: str
+    label: str
+    url: str
 
 @dataclasses.dataclass
 class Tools:
@@ -282,8 +372,9 @@ class Bench:
 
     # Load.
     def wrk_argv(self, url: str, duration: float, count_status: bool = False,
-                 users: bool = True) -> list[str]:
-        argv = loadgen.wrk_command(url, threads=self.args.threads, connections=self.args.connections,
+                 users: bool = True, connections: int | None = None) -> list[str]:
+        argv = loadgen.wrk_command(url, threads=self.args.threads,
+                                   connections=connections or self.args.connections,
                                    duration=duration, users=users and not self.args.plain_url,
                                    count_status=count_status)
         return taskset(argv, self.pin.client)
@@ -302,9 +393,10 @@ class Bench:
         if load is not None and self.args.quiet_wait > 0:
             print(f"    the machine is busy ({load:.2f} CPUs used by others); measuring anyway")
 
-    def warm_up(self, url: str, users: bool = True) -> None:
+    def warm_up(self, url: str, users: bool = True, connections: int | None = None) -> None:
         if self.args.warmup > 0:
-            loadgen.run_wrk(self.wrk_argv(url, self.args.warmup, users=users), self.args.warmup)
+            loadgen.run_wrk(self.wrk_argv(url, self.args.warmup, users=users, connections=connections),
+                            self.args.warmup)
 
     def measured(self, label: str, tool: str, argv: list[str], run: Callable[[], LoadResult],
                  which: str = "") -> LoadResult:
@@ -319,14 +411,15 @@ class Bench:
         other = "" if result.foreign_cpu is None else f", other processes {result.foreign_cpu:.2f} CPUs"
         if result.cpu_busy:
             other += ", CPUs busy " + "/".join(f"{b:.0%}" for b in result.cpu_busy)
-        print(f"    {result.rps:,.0f} req/s, p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, "
+        print(f"    {result.rps:,.0f} req/s, p50 {_ms(result.p50_ms)}, p99 {_ms(result.p99_ms)}, "
               f"non-2xx {result.non2xx}, errors {result.errors}{other}")
         return result
 
     def wrk(self, label: str, url: str, *, duration: float | None = None,
-            count_status: bool = False, which: str = "", users: bool = True) -> LoadResult:
+            count_status: bool = False, which: str = "", users: bool = True,
+            connections: int | None = None) -> LoadResult:
         duration = duration or self.args.duration
-        argv = self.wrk_argv(url, duration, count_status, users)
+        argv = self.wrk_argv(url, duration, count_status, users, connections)
         return self.measured(label, "wrk", argv, lambda: loadgen.run_wrk(argv, duration), which)
 
     def ab(self, label: str, url: str, requests: int | None = None, which: str = "") -> LoadResult:
@@ -336,34 +429,54 @@ class Bench:
 
     def series(self, contender: str, tool: str, label: str, url: str, *,
                evalsha: EvalshaCounter | None = None, expect_non2xx: bool = False) -> None:
-        """One table row: --repeat runs (after a quiet wait each, a warm-up before the first),
-        the run with the median req/s standing for all."""
+        """One row of the main table (see measure_rows)."""
+        self.findings.rows += self.measure_rows(tool, [Arm(contender, label, url)], evalsha=evalsha,
+                                                expect_non2xx=expect_non2xx)
+
+    def measure_rows(self, tool: str, arms: list[Arm], *, evalsha: EvalshaCounter | None = None,
+                     expect_non2xx: bool = False, connections: int | None = None,
+                     duration: float | None = None, repeat: int | None = None,
+                     warm_up: bool = True) -> list[Row]:
+        """A row per arm: `repeat` (--repeat) rounds, each arm measured once per round after a
+        quiet wait (and a warm-up before its first run, unless `warm_up` is False), the run
+        with the median req/s
+        standing for all. With several arms the rounds alternate their order (A B, B A, ...),
+        so a drift in the shared machine's load hits every arm alike."""
         wrk = tool in WRK_LOADS
         if (wrk and not self.tools.wrk) or (tool == "ab" and not self.tools.ab):
-            self.skip(contender, tool, f"{tool} not found"
-                      + (" (apt-get install apache2-utils)" if tool == "ab" else ""))
-            return
-        runs: list[tuple[LoadResult, float | None]] = []
-        for index in range(self.args.repeat):
-            self.wait_quiet()
-            users = tool == "wrk"
-            if index == 0 and wrk:
-                self.warm_up(url, users)
-            before = evalsha.calls() if evalsha else 0
-            which = f" [{index + 1}/{self.args.repeat}]" if self.args.repeat > 1 else ""
-            result = (self.wrk(label, url, which=which, users=users) if wrk
-                      else self.ab(label, url, which=which))
-            runs.append((result, evalsha.per_request(before, result.requests) if evalsha else None))
-            self.check(contender, result, expect_non2xx)
-        median, redis_rt = sorted(runs, key=lambda run: run[0].rps)[len(runs) // 2]
-        self.findings.rows.append(Row(contender, tool, median, redis_rt=redis_rt,
-                                      all_rps=[r.rps for r, _ in runs]))
-        if self.client_bound(median):
-            self.note(f"({contender}) with {tool}: the load generator's CPU was saturated while the "
-                      "contender's was not: this row measures the client as much as the contender")
-        if median.foreign_cpu is not None and median.foreign_cpu > DISTURBED:
-            self.note(f"({contender}) with {tool}: other processes used {median.foreign_cpu:.2f} CPUs "
-                      "during the median run; its numbers are low by an unknown amount")
+            reason = f"{tool} not found" + (" (apt-get install apache2-utils)" if tool == "ab" else "")
+            print(f"  skipping {', '.join(arm.label for arm in arms)}: {reason}")
+            return [Row(arm.contender, tool, skipped=reason, connections=connections) for arm in arms]
+        repeat = repeat or self.args.repeat
+        users = tool == "wrk"
+        where = f" at {connections} connections" if connections else ""
+        runs: dict[Arm, list[tuple[LoadResult, float | None]]] = {arm: [] for arm in arms}
+        for index in range(repeat):
+            for arm in (arms if index % 2 == 0 else arms[::-1]):
+                self.wait_quiet()
+                if index == 0 and wrk and warm_up:
+                    self.warm_up(arm.url, users, connections)
+                before = evalsha.calls() if evalsha else 0
+                which = f" [{index + 1}/{repeat}]" if repeat > 1 else ""
+                result = (self.wrk(arm.label, arm.url, which=which, users=users, duration=duration,
+                                   connections=connections) if wrk
+                          else self.ab(arm.label, arm.url, which=which))
+                runs[arm].append((result, evalsha.per_request(before, result.requests)
+                                  if evalsha else None))
+                self.check(f"({arm.contender}) with {tool}{where}", result, expect_non2xx)
+        rows = []
+        for arm in arms:
+            median, redis_rt = sorted(runs[arm], key=lambda run: run[0].rps)[len(runs[arm]) // 2]
+            rows.append(Row(arm.contender, tool, median, redis_rt=redis_rt,
+                            all_rps=[r.rps for r, _ in runs[arm]], connections=connections))
+            name = f"({arm.contender}) with {tool}{where}"
+            if self.client_bound(median):
+                self.note(f"{name}: the load generator's CPU was saturated while the contender's "
+                          "was not: this row measures the client as much as the contender")
+            if median.foreign_cpu is not None and median.foreign_cpu > DISTURBED:
+                self.note(f"{name}: other processes used {median.foreign_cpu:.2f} CPUs during the "
+                          "median run; its numbers are low by an unknown amount")
+        return rows
 
     def every_load(self, contender: str, label: str, url: str) -> None:
         """A row per load: wrk with distinct users, wrk with one URL, ab without keep-alive."""
@@ -383,9 +496,8 @@ class Bench:
             return False
         return result.cpu_busy[client] > 0.97 and result.cpu_busy[server] < 0.9
 
-    def check(self, contender: str, result: LoadResult, expect_non2xx: bool) -> None:
+    def check(self, name: str, result: LoadResult, expect_non2xx: bool) -> None:
         """Errors, and answers other than the ones this contender should give, are findings."""
-        name = f"({contender}) with {result.tool}"
         if result.errors:
             self.note(f"{name}: {result.errors} errors ({result.error_detail})")
         if expect_non2xx and result.non2xx != result.requests:
@@ -393,6 +505,10 @@ class Bench:
                       "2xx where every one should be 409 sold out")
         if not expect_non2xx and result.non2xx:
             self.note(f"{name}: {result.non2xx} non-2xx answers where none were expected")
+
+
+def _ms(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f} ms"
 
 
 class EvalshaCounter:
@@ -424,9 +540,10 @@ def create_sale(redis_url: str, item: str, stock: int) -> None:
 
 
 def measure_seckill(bench: Bench, redis_url: str) -> None:
-    print("seckill server (contenders a, b)")
+    print("seckill server (contenders a, b, e)")
     pin = bench.pin
-    with seckill_server(redis_url, bench.log_dir, pin.server) as (server, port):
+    extra = server_limits(bench)
+    with seckill_server(redis_url, bench.log_dir, pin.server, extra) as (server, port):
         bench.record_command("seckill server, 1 worker", server.command)
         base = f"http://127.0.0.1:{port}"
         create_sale(redis_url, ADMIT_ITEM, ADMIT_STOCK)
@@ -439,7 +556,7 @@ def measure_seckill(bench: Bench, redis_url: str) -> None:
         sold_out_url = f"{base}/seckill/{SOLD_OUT_ITEM}"
 
         bench.series("a", "wrk", "(a) admission", admit_url, evalsha=evalsha)
-        bench.series("a", "wrk1", "(a) admission, one URL", admit_url, evalsha=evalsha)
+        admission_metrics_off(bench, redis_url, admit_url, extra, evalsha)
         status, _ = http_get(port, f"/seckill/{SOLD_OUT_ITEM}")  # arms the sold-out gate
         if status != 409:
             bench.note(f"(b) the first request to a stock-0 sale answered {status}, not 409")
@@ -448,12 +565,82 @@ def measure_seckill(bench: Bench, redis_url: str) -> None:
                      expect_non2xx=True)
         if "ab" not in bench.args.skip:
             bench.series("a", "ab", "(a) admission, no keep-alive", admit_url, evalsha=evalsha)
+        connection_sweep(bench, "a", "(a) admission, one URL", admit_url, evalsha)
 
         if "exact" not in bench.args.skip:
             check_exactness(bench, base, redis_url)
         if bench.args.profile:
             profile_admission(bench, server, admit_url)
     scan_server_log(bench, bench.log_dir / "seckill.log")
+    scan_server_log(bench, bench.log_dir / "seckill-no-metrics.log", "the --no-metrics server")
+
+
+def server_limits(bench: Bench) -> list[str]:
+    """Flags the server needs for the sweep's largest point: none while its default
+    --max-connections (per worker) covers it, which is what we want to measure."""
+    largest = max([bench.args.connections, *bench.args.sweep])
+    default = server_max_connections()
+    if default is not None and default >= largest:
+        return []
+    bench.note(f"the server's default --max-connections ({default or 'unknown'}) is below "
+               f"{largest} connections: it runs with --max-connections {largest}")
+    return ["--max-connections", str(largest)]
+
+
+def admission_metrics_off(bench: Bench, redis_url: str, admit_url: str, extra: list[str],
+                          evalsha: EvalshaCounter) -> None:
+    """(a) one URL, and (e): the same on a second server started with `--no-metrics`.
+
+    The second server runs beside the first (pinned alike, same Redis, same sale) and the
+    two rows' runs alternate, so the ratio on/off is not a drift of the shared machine's
+    load. If the server rejects the flag (or --skip metrics), (a) is measured alone and
+    (e) is a skipped row.
+    """
+    on = Arm("a", "(a) admission, one URL", admit_url)
+    reason = "--skip metrics"
+    with ExitStack() as stack:
+        arms = [on]
+        if "metrics" not in bench.args.skip:
+            try:
+                service, port = stack.enter_context(seckill_server(
+                    redis_url, bench.log_dir, bench.pin.server, [*extra, NO_METRICS_FLAG],
+                    log_name="seckill-no-metrics.log"))
+            except (StartError, OSError) as exc:
+                reason = f"the server did not start with {NO_METRICS_FLAG} ({exc})"
+                print(f"  skipping (e): {reason}")
+            else:
+                bench.record_command("seckill server, 1 worker, metrics off (beside the first)",
+                                     service.command)
+                arms.append(Arm("e", f"(e) admission, one URL, {NO_METRICS_FLAG}",
+                                f"http://127.0.0.1:{port}/seckill/{ADMIT_ITEM}"))
+        bench.findings.rows += bench.measure_rows(METRICS_TOOL, arms, evalsha=evalsha)
+    if len(arms) == 1:
+        bench.findings.rows.append(Row("e", METRICS_TOOL, skipped=reason))
+
+
+def connection_sweep(bench: Bench, contender: str, label: str, url: str,
+                     evalsha: EvalshaCounter | None = None) -> None:
+    """req/s of one URL at each --sweep connection count (shorter runs than the main rows, no
+    warm-up: the contender has just served the main rows); the count the main table ran at
+    reuses the main table's one-URL row."""
+    if "sweep" in bench.args.skip:
+        return
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    for connections in bench.args.sweep:
+        main = bench.findings.row(contender, SWEEP_TOOL)
+        if connections == bench.args.connections and main is not None and main.result is not None:
+            bench.findings.sweep.append(dataclasses.replace(main, connections=connections))
+            continue
+        if fd_limit != resource.RLIM_INFINITY and connections + FD_HEADROOM > fd_limit:
+            reason = f"RLIMIT_NOFILE is {fd_limit} (the hard limit), too few for {connections} sockets"
+            print(f"  skipping {label} at {connections} connections: {reason}")
+            bench.findings.sweep.append(Row(contender, SWEEP_TOOL, skipped=reason,
+                                            connections=connections))
+            continue
+        bench.findings.sweep += bench.measure_rows(
+            SWEEP_TOOL, [Arm(contender, f"{label}, {connections} connections", url)],
+            evalsha=evalsha, connections=connections, duration=bench.args.sweep_duration,
+            repeat=bench.args.sweep_repeat, warm_up=False)  # warm: it has just served the main rows
 
 
 def check_exactness(bench: Bench, base: str, redis_url: str) -> None:
@@ -540,7 +727,7 @@ def _shares(shares: list[pyspy.FunctionShare]) -> str:
                      for s in shares)
 
 
-def scan_server_log(bench: Bench, path: Path) -> None:
+def scan_server_log(bench: Bench, path: Path, who: str = "the server") -> None:
     """Warnings and errors the server logged during the run are findings too."""
     try:
         lines = path.read_text(errors="replace").splitlines()
@@ -548,7 +735,7 @@ def scan_server_log(bench: Bench, path: Path) -> None:
         return
     bad = [line for line in lines if any(w in line for w in (" WARNING ", " ERROR ", "Traceback"))]
     if bad:
-        bench.note(f"the server logged {len(bad)} warnings/errors, first: `{bad[0].strip()}`")
+        bench.note(f"{who} logged {len(bad)} warnings/errors, first: `{bad[0].strip()}`")
 
 
 def measure_seed(bench: Bench, redis_url: str) -> None:
@@ -571,6 +758,7 @@ def measure_nginx(bench: Bench) -> None:
         bench.record_command("nginx ceiling (config: bench/nginx.conf.template)", service.command)
         url = f"http://127.0.0.1:{port}/seckill/x"
         bench.every_load("d", "(d) nginx", url)
+        connection_sweep(bench, "d", "(d) nginx, one URL", url)
 
 
 # --- Entry points ---------------------------------------------------------------------------
@@ -593,8 +781,38 @@ def run_step(bench: Bench, name: str, step: Callable[[], None]) -> None:
         bench.note(f"{name} failed: {exc}")
 
 
+def companions(results: Path) -> tuple[Path, Path]:
+    """(the findings as JSON, the picture) beside a results file: bench/results.json and
+    bench/results.png beside bench/RESULTS.md, else the results file's name."""
+    stem = "results" if results.resolve() == RESULTS else results.stem
+    return results.with_name(stem + ".json"), results.with_name(stem + ".png")
+
+
+def draw_picture(findings: Findings, path: Path) -> bool:
+    try:
+        plot.draw(findings, path)
+    except ImportError as exc:
+        print(f"no picture: {exc} (pip install -e '.[bench]')", file=sys.stderr)
+        return False
+    print(f"wrote {path}")
+    return True
+
+
+def plot_only(args: argparse.Namespace) -> int:
+    """Redraw the picture from saved findings, without a benchmark run."""
+    source, picture = companions(args.results)
+    try:
+        findings = from_json(source.read_text())
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        print(f"cannot read the findings in {source}: {exc} (a benchmark run writes them)",
+              file=sys.stderr)
+        return 2
+    return 0 if draw_picture(findings, picture) else 2
+
+
 def benchmark(args: argparse.Namespace) -> int:
     pin = PINNINGS[args.pin]
+    fd_before, fd_now = raise_fd_limit(max([args.connections, *args.sweep]))
     with workspace() as (work_dir, log_dir), bench_redis(work_dir / "redis", pin.redis) as store:
         tools = Tools.find(args.nginx)
         findings = Findings(
@@ -621,8 +839,15 @@ def benchmark(args: argparse.Namespace) -> int:
         if "nginx" not in args.skip:
             run_step(bench, "nginx", lambda: measure_nginx(bench))
         findings.machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    document = render(findings)
+        findings.machine["file descriptors"] = (
+            f"RLIMIT_NOFILE {fd_now}" + (f" (raised from {fd_before} by bench/run.py; children inherit it)"
+                                         if fd_now != fd_before else ""))
     args.results.parent.mkdir(parents=True, exist_ok=True)
+    data_path, picture = companions(args.results)
+    data_path.write_text(to_json(findings))
+    print(f"wrote {data_path}")
+    drawn = draw_picture(findings, picture)
+    document = render(findings, os.path.relpath(picture, args.results.parent) if drawn else None)
     args.results.write_text(document)
     print("\n" + results_table(findings) + "\n\n" + targets_table(findings))
     print(f"\nwrote {args.results}")
@@ -643,7 +868,23 @@ def settings_summary(args: argparse.Namespace) -> dict[str, str]:
         "exactness": f"stock {args.exact_stock}: wrk {args.exact_seconds:g} s; "
                      f"ab -n {max(3 * args.exact_stock, 2000)}",
         "connections": str(args.connections),
-        "order": "one contender at a time: seckill (a, b, ab, exactness), seed, nginx",
+        "connection sweep": (
+            "not run" if "sweep" in args.skip else
+            f"wrk -t{args.threads} -c N -d{args.sweep_duration:g}s --latency, one URL, N in "
+            f"{', '.join(str(n) for n in args.sweep)}, for (a) and (d); "
+            + (f"{args.sweep_repeat} runs per point, the median" if args.sweep_repeat > 1
+               else "1 run per point")
+            + "; shorter runs than the main rows and no warm-up (the contender has just served "
+              "the main rows), to keep the full run short"
+            + (f"; the {args.connections}-connection points are the main table's one-URL rows "
+               f"({args.repeat} × {args.duration:g} s)" if args.connections in args.sweep else "")
+            + "."),
+        "metrics": (
+            "not run" if "metrics" in args.skip else
+            f"(e) is (a) with one URL on a second server started with {NO_METRICS_FLAG}, beside "
+            "the first (pinned alike); the runs of (a) one URL and (e) alternate"),
+        "order": "one contender at a time: seckill (a, a/e alternating, b, ab, sweep, exactness), "
+                 "seed, nginx (d, sweep)",
     }
 
 
@@ -719,6 +960,8 @@ def main(argv: list[str] | None = None) -> int:
     OUT_DIR.mkdir(exist_ok=True)
     started = time.monotonic()
     try:
+        if args.plot_only:
+            return plot_only(args)
         code = pin_experiment(args) if args.pin_experiment else benchmark(args)
     except KeyboardInterrupt:
         print("\ninterrupted: everything started was stopped", file=sys.stderr)

@@ -175,12 +175,13 @@ def bench_redis(data_dir: Path, cpus: str | None) -> Iterator[EmbeddedRedis]:
 
 @contextmanager
 def seckill_server(redis_url: str, log_dir: Path, cpus: str | None,
-                   extra_args: Sequence[str] = ()) -> Iterator[tuple[Service, int]]:
+                   extra_args: Sequence[str] = (),
+                   log_name: str = "seckill.log") -> Iterator[tuple[Service, int]]:
     """This server, one worker, no demo sale; yields the service and its port."""
     port = free_port()
     argv = [sys.executable, str(SERVER_SCRIPT), "--port", str(port), "--redis", redis_url,
             "--workers", "1", "--no-demo", *extra_args]
-    service = Service("seckill", taskset(argv, cpus), log_dir / "seckill.log", cwd=ROOT)
+    service = Service("seckill", taskset(argv, cpus), log_dir / log_name, cwd=ROOT)
     with running(service):
         wait_listening(service, port)
         status, _ = http_get(port, "/healthz")
