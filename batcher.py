@@ -65,6 +65,8 @@ ADMIT_SHA = hashlib.sha1(ADMIT_LUA.encode()).hexdigest()
 
 
 class Waiter(Protocol):
+    t0: float  # time.monotonic() when the request was read (set when metrics are on)
+
     def finish(self, outcome: int, tag: bytes, value: int, until: int = 0) -> None:
         """The purchase's outcome. WON and HELD: the order id is `<tag>-<value>` (value is
         the seq), and a hold lasts `until` (ms since the epoch); NOT_STARTED: value is the
@@ -174,6 +176,7 @@ class Batcher:
             stats.round_trip.observe(now - sent)
             for _, _, requests in calls:
                 stats.batch_size.observe(len(requests))
+                stats.latency.observe_waits(now, requests)
         gate_until = now + self._gate_interval
         for (item, _, requests), reply in zip(calls, replies, strict=True):
             self._answer(item, requests, reply, gate_until)

@@ -25,7 +25,7 @@ import json
 import os
 import tempfile
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,26 @@ class Histogram:
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
+
+    def observe_waits(self, now: float, requests: Sequence[tuple[bytes, Any]]) -> None:
+        """The waits `now - waiter.t0` of one batch's (user, waiter) pairs, counted per batch:
+        they are in arrival order, so the waits fall as the list goes on and each bucket is a
+        stretch of it, found by bisection (most batches need one or two, not one step per request)."""
+        counts, bounds = self.counts, self.bounds
+        n = len(requests)
+        oldest = now - requests[0][1].t0
+        placed = 0  # requests counted so far: the newest ones
+        for i, bound in enumerate(bounds):
+            if oldest <= bound:  # every request left waited at most this
+                counts[i] += n - placed
+                break
+            # t0 - now >= -bound is exactly now - t0 <= bound (IEEE subtraction is antisymmetric)
+            within = n - bisect_left(requests, -bound, 0, n - placed, key=lambda pair: pair[1].t0 - now)
+            counts[i] += within - placed
+            placed = within
+        else:
+            counts[-1] += n - placed
+        self.sum += n * now - sum([waiter.t0 for _, waiter in requests])
 
     def dump(self) -> dict[str, Any]:
         return {"counts": self.counts, "sum": self.sum}

@@ -32,7 +32,6 @@ import socket
 import stat
 import sys
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
@@ -149,7 +148,8 @@ _OUTCOMES = {
 class Purchase(Slot):
     """A purchase waiting for its batch; becomes the connection's answer when it ends."""
 
-    __slots__ = ("app", "item", "mode")
+    __slots__ = ("app", "item", "mode", "t0")
+    t0: float  # when it was read; set by TimedPurchase (metrics on) only
 
     def __init__(self, app: SeckillApp, conn: HttpConnection, item: str, mode: int) -> None:
         self.conn = conn
@@ -180,9 +180,10 @@ class Purchase(Slot):
 
 
 class TimedPurchase(Purchase):
-    """A Purchase that also records its wait in the latency histogram (metrics on)."""
+    """A Purchase that notes when it was read (metrics on): the batcher turns that into the
+    latency histogram once per batch (metrics.Histogram.observe_waits)."""
 
-    __slots__ = ("t0",)
+    __slots__ = ()
 
     def __init__(self, app: SeckillApp, conn: HttpConnection, item: str, mode: int) -> None:
         self.conn = conn
@@ -192,14 +193,6 @@ class TimedPurchase(Purchase):
         self.item = item
         self.mode = mode
         self.t0 = time.monotonic()
-
-    def finish(self, outcome: int, tag: bytes, value: int, until: int = 0) -> None:
-        app = self.app
-        histogram = app.latency
-        waited = app.batcher.answered_at - self.t0
-        histogram.counts[bisect_left(histogram.bounds, waited)] += 1
-        histogram.sum += waited
-        Purchase.finish(self, outcome, tag, value, until)
 
 
 class SeckillApp:
@@ -218,7 +211,6 @@ class SeckillApp:
         self.board = metrics.Board(config.metrics_dir)
         self._purchase_class = Purchase if stats is None else TimedPurchase
         self.gate_hits = None if stats is None else stats.gate_hits
-        self.latency = metrics.Histogram(metrics.LATENCY_BOUNDS) if stats is None else stats.latency
         # Logs (off by default): a dispatch that also reports each answer, and slots that do.
         self.logs: list[request_logs.LineLog] = []
         self.access_log: request_logs.LineLog | None = None

@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+import metrics
 from conftest import create_sale
 from http_client import Conn, fetch, hammer
 from test_redis_faults import poll
@@ -129,3 +132,22 @@ def test_no_metrics_turns_the_endpoint_off(start_server) -> None:
     server = start_server("--no-metrics")
     assert fetch(server.port, "GET", "/metrics").status == 404
     assert fetch(server.port, "GET", "/limit").status in (200, 404, 409)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=5, allow_nan=False), min_size=1, max_size=300))
+def test_a_batch_of_waits_counts_as_each_wait_would(waits: list[float]) -> None:
+    """The per-batch histogram update (one bisection per bucket edge crossed) gives the same
+    buckets as observing each request's wait alone."""
+
+    class Waiter:
+        def __init__(self, t0: float) -> None:
+            self.t0 = t0
+
+    now = 1000.0
+    requests = [(b"", Waiter(now - wait)) for wait in sorted(waits, reverse=True)]  # arrival order
+    batch, alone = metrics.Histogram(metrics.LATENCY_BOUNDS), metrics.Histogram(metrics.LATENCY_BOUNDS)
+    batch.observe_waits(now, requests)
+    for _, waiter in requests:
+        alone.observe(now - waiter.t0)
+    assert batch.counts == alone.counts
+    assert batch.sum == pytest.approx(alone.sum, abs=1e-6)
