@@ -133,6 +133,11 @@ class Batcher:
         return True
 
     @property
+    def in_flight(self) -> int:
+        """Pipelines sent to Redis and not yet answered (a metrics gauge)."""
+        return len(self._in_flight)
+
+    @property
     def busy(self) -> bool:
         return self._waiting > 0 or bool(self._in_flight)
 

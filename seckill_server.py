@@ -359,13 +359,13 @@ class SeckillApp:
     def totals(self) -> metrics.Totals:
         """The server's counters, over all workers (metrics on)."""
         assert self.stats is not None
-        own = self.stats.dump(len(self.registry.conns) if self.registry else 0, len(self.batcher._in_flight))
+        own = self.stats.dump(len(self.registry.conns) if self.registry else 0, self.batcher.in_flight)
         return self.board.totals(own)
 
     def publish(self) -> None:
         """Write this worker's counters where the other workers read them (metrics.Board)."""
         if self.stats is not None and self.board.directory is not None:
-            own = self.stats.dump(len(self.registry.conns) if self.registry else 0, len(self.batcher._in_flight))
+            own = self.stats.dump(len(self.registry.conns) if self.registry else 0, self.batcher.in_flight)
             try:
                 self.board.publish(own)
             except OSError as exc:  # a full tmpfs: the scrape of another worker misses ours
