@@ -55,10 +55,10 @@ class LineLog:
         self._rotate_every = rotate_every if path != "-" else 0
         self._backups = backups
         self._rotator = rotator and self._rotate_every > 0
+        self._next_rotation = self._boundary_after(time.time()) if self._rotator else 0.0
         self._open()  # here, so a bad path fails at start-up, not in the thread
         self._thread = threading.Thread(target=self._write_all, name=f"log {path}", daemon=True)
         self._thread.start()
-        self._next_rotation = self._boundary_after(time.time()) if self._rotator else 0.0
 
     def add(self, line: str) -> None:
         """Queue one line (without its newline); written at the end of this loop tick."""
