@@ -15,7 +15,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,18 @@ import sale_store  # noqa: E402
 from redis_runner import EmbeddedRedis, free_port  # noqa: E402
 
 IN_CI = os.environ.get("CI") == "true"
+
+
+def poll(condition: Callable[[], Any], what: str, timeout: float = 10.0, every: float = 0.005) -> Any:
+    """Wait, bounded, for a condition we cannot be told about; its first truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(every)
 
 
 def require_tool(name: str) -> str:

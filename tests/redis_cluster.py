@@ -14,13 +14,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import redis
 from redis.crc import key_slot
 
+from conftest import poll
 from redis_runner import find_redis_server, ping
 
 SLOTS = 16384
@@ -29,18 +28,6 @@ BUS_OFFSET = 10_000  # Redis 6.2 always puts the cluster bus on port + 10000
 
 class ClusterStartError(Exception):
     pass
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `condition` until it returns something true; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)  # between polls of a condition, not a guess at a duration
 
 
 def _free_cluster_port() -> int:
@@ -168,7 +155,7 @@ class RedisCluster:
 
     def wait_agreed(self, timeout: float = 30.0) -> None:
         """Until every node is ok, knows every other and reports the same slot table."""
-        wait_until(self._agreed, timeout, "the cluster nodes to agree on one slot table")
+        poll(self._agreed, "the cluster nodes to agree on one slot table", timeout, every=0.02)
 
     def index_of(self, node_id: str) -> int:
         return next(i for i, n in enumerate(self.nodes) if n.node_id == node_id)

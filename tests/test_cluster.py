@@ -24,10 +24,10 @@ from redis.exceptions import NoScriptError
 import sale_store
 from batcher import ADMIT_SHA
 from cluster_pipe import ClusterPipe, ClusterUnavailable
-from conftest import IN_CI, ROOT, admit, create_sale, stream_events, stream_orders
+from conftest import IN_CI, ROOT, admit, create_sale, poll, stream_events, stream_orders
 from http_client import TOKEN, Response, admin, buy, fetch, get, hammer, parse_one
 from redis_client import make_pipe, make_redis, valid_url
-from redis_cluster import RedisCluster, keyslot, wait_until
+from redis_cluster import RedisCluster, keyslot
 from redis_runner import find_redis_server, free_port
 
 
@@ -278,7 +278,7 @@ def test_a_hot_slot_moves_to_another_master_under_load(start_server, cluster: Re
     load = Load(server.port, "hot", connections=20)
     load.start()
     try:
-        wait_until(lambda: sold(cluster_client, "hot") >= 200, 30, "200 units sold before the move")
+        poll(lambda: sold(cluster_client, "hot") >= 200, "200 units sold before the move", 30, every=0.02)
         began = time.monotonic()
         moved = cluster.migrate_slot(slot, target)
         ended = time.monotonic()
@@ -287,9 +287,9 @@ def test_a_hot_slot_moves_to_another_master_under_load(start_server, cluster: Re
         assert cluster.client(target).exists(key) == 1
         sold_at_move = sold(cluster_client, "hot")
         assert sold_at_move < stock  # units were left to sell on the new master
-        wait_until(lambda: sold(cluster_client, "hot") == stock, 30, "the rest to sell after the move")
-        wait_until(lambda: sum(r.status == 409 for t, r in load.answers[-200:] if t > ended) >= 100, 30,
-                   "sold-out answers after the move")
+        poll(lambda: sold(cluster_client, "hot") == stock, "the rest to sell after the move", 30, every=0.02)
+        poll(lambda: sum(r.status == 409 for t, r in load.answers[-200:] if t > ended) >= 100,
+             "sold-out answers after the move", 30, every=0.02)
     finally:
         load.stop()
     statuses = Counter(r.status for _, r in load.answers)
@@ -349,7 +349,7 @@ def test_admin_api_orders_and_holds_on_a_cluster(start_server, cluster: RedisClu
     assert buy(port, "hat", "cy")["result"] == "won"
     # A hold nobody pays expires: the sweeper (every worker runs one) finds it on its master.
     assert buy(port, "cap", "bob")["state"] == "pending"
-    wait_until(lambda: admin(port, "GET", "/admin/items/cap").json()["expired"] == 1, 15, "the hold to expire")
+    poll(lambda: admin(port, "GET", "/admin/items/cap").json()["expired"] == 1, "the hold to expire", 15, every=0.02)
     assert [e["event"] for e in stream_events(cluster_client, "cap")] == ["won", "expired"]
     assert admin(port, "DELETE", "/admin/items/cap").status == 200
     assert fetch(port, "GET", "/stock/cap").status == 404

@@ -33,7 +33,7 @@ import pytest
 import websocket
 
 import dashboard
-from conftest import create_sale, require_tool
+from conftest import create_sale, poll, require_tool
 from http_client import Conn, buy, fetch, get
 
 # Installed into every tab before any page script runs (DevTools-injected scripts are not
@@ -189,14 +189,7 @@ class Tab:
 
     def wait_until(self, check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
         """Poll check() until it returns something truthy; fail after timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"page never showed {what} in {timeout} s")
-            time.sleep(0.1)
+        return poll(check, f"the page to show {what}", timeout, every=0.1)
 
     def wait_shows(self, item: str, predicate: Callable[[dict[str, Any]], bool], what: str,
                    timeout: float = 20.0) -> dict[str, Any]:

@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 import metrics
-from conftest import create_sale
+from conftest import create_sale, poll
 from http_client import Conn, fetch, hammer
-from test_redis_faults import poll
 
 
 def scrape(port: int, accept: str | None = None) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

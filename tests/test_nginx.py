@@ -24,10 +24,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import ROOT, ServerProcess, create_sale, require_tool, stream_orders
+from conftest import ROOT, ServerProcess, create_sale, poll, require_tool, stream_orders
 from http_client import fetch
 from redis_runner import EmbeddedRedis, free_port
-from test_redis_faults import poll
 
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
 START_TIMEOUT = 10.0  # seconds for nginx to accept after start

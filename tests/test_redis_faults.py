@@ -25,7 +25,7 @@ import pytest
 import redis
 
 import sale_store
-from conftest import OwnRedis, create_sale, stream_orders
+from conftest import OwnRedis, create_sale, poll, stream_orders
 from http_client import Conn, Response, fetch, get, parse_one
 
 UNAVAILABLE = {"result": "unavailable"}
@@ -65,15 +65,6 @@ class AConn:
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
-
-
-def poll(condition: Callable[[], bool], what: str, timeout: float = 10.0, every: float = 0.005) -> None:
-    """Wait for a condition we cannot be told about, bounded."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
 
 
 async def until(event: asyncio.Event, what: Callable[[], str], timeout: float = 15.0) -> None:

@@ -14,9 +14,8 @@ import pytest
 import redis
 
 import request_logs
-from conftest import ROOT, create_sale
+from conftest import ROOT, create_sale, poll
 from http_client import Conn, fetch, hammer
-from test_redis_faults import poll
 
 # nginx's combined format: $remote_addr - $remote_user [$time_local] "$request" $status
 # $body_bytes_sent "$http_referer" "$http_user_agent"

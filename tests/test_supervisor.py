@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import ROOT, OwnRedis, create_sale, stream_orders
+from conftest import ROOT, OwnRedis, create_sale, poll, stream_orders
 from http_client import Conn, fetch, get
 from redis_runner import EmbeddedRedis, free_port
-from test_redis_faults import poll, refuses_connections, unread_bytes_at
+from test_redis_faults import refuses_connections, unread_bytes_at
 
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent  # the venv's bin: supervisord and supervisorctl are installed beside python
