@@ -7,13 +7,19 @@ script call per item (`sale_store.ADMIT_LUA`). At 100 connections that is one ro
 for dozens of requests instead of one each, which is what makes the server fast.
 
 Each request gets its own answer through `Waiter.finish()`. A batch whose outcome is
-unknown (timeout, connection lost twice, a Redis error) answers UNAVAILABLE: never "won"
-without the script's word for it. The waiting queue is bounded; past the bound a
-request is refused at once (UNAVAILABLE) rather than growing memory.
+unknown (timeout, connection lost twice, a Redis error, or anything else that raised
+on the way) answers UNAVAILABLE: never "won" without the script's word for it. The
+Redis timeout counts from the arrival of the batch's oldest request, so a request queued
+behind batches in flight is still answered within it. If answering itself raises (a bug
+of ours), every request of the batch not answered yet gets `Waiter.fail()`: a 500.
+The waiting queue is bounded; past the bound a request is refused at once
+(UNAVAILABLE) rather than growing memory.
 
-The sold-out gate: once a call reports nothing left, the item is answered SOLD_OUT
-locally for `gate_interval` seconds, then Redis is asked again (a restock shows up).
-The gate can only turn answers into SOLD_OUT, never into WON.
+The gates answer locally what Redis would answer anyway, for `gate_interval` seconds,
+then Redis is asked again (a restock, a new start or end time shows up): SOLD_OUT once
+a call reports nothing left, ENDED once the sale has ended, NOT_STARTED before the
+start Redis gave (and never from START_MARGIN before it, so a started sale is never
+answered NOT_STARTED). A gate never turns an answer into WON.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from faults import inject
 from redis_client import BatchPipe
 from sale_store import ADMIT_LUA, admit_keys
 
 if TYPE_CHECKING:
+    from faults import Faults
     from metrics import WorkerStats
 
 log = logging.getLogger("seckill.batcher")
@@ -60,6 +68,10 @@ DEFAULT_MAX_WAITING = 20_000
 # runs a batch; two overlap the two (measured: +13% at 100 connections); more only makes
 # batches smaller, i.e. more round trips for the same requests.
 DEFAULT_MAX_IN_FLIGHT = 2
+# The not-started gate stops this long before the start Redis gave (seconds): its clock and
+# ours run at the same rate, and the start is measured from when the call was sent, the
+# earliest it can be.
+START_MARGIN = 0.05
 
 ADMIT_SHA = hashlib.sha1(ADMIT_LUA.encode()).hexdigest()
 
@@ -71,6 +83,14 @@ class Waiter(Protocol):
         """The purchase's outcome. WON and HELD: the order id is `<tag>-<value>` (value is
         the seq), and a hold lasts `until` (ms since the epoch); NOT_STARTED: value is the
         ms until the sale starts."""
+
+    def fail(self, site: str, exc: BaseException) -> None:
+        """Answering raised `exc`: a 500, unless the purchase was answered already."""
+
+
+# A gate: until when (time.monotonic()), the outcome it answers, and for NOT_STARTED the
+# earliest the sale can start (time.monotonic()).
+Gate = tuple[float, int, float]
 
 
 class Batcher:
@@ -85,6 +105,7 @@ class Batcher:
         max_waiting: int = DEFAULT_MAX_WAITING,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         stats: WorkerStats | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self._redis = redis
         self._pipe = pipe
@@ -97,29 +118,33 @@ class Batcher:
         self._waiting = 0
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._sold_out_until: dict[str, float] = {}
+        self._gates: dict[str, Gate] = {}
+        self._first_at = 0.0  # when the oldest request waiting arrived
         # Batch ids: unique per process start, so a replayed call is recognised and a
         # new one never mistaken for a replay.
         self._id_prefix = f"{os.getpid():x}.{os.urandom(4).hex()}."
         self._next_id = 0
         self._stats = stats  # None: metrics off
-        self.answered_at = 0.0  # time.monotonic() when the batch being answered came back
+        self._faults = faults
         self._failures = 0  # failed round trips since the last warning
         self._warned_at = -1e9
 
-    def sold_out(self, item: str) -> bool:
-        """True while the sold-out gate answers for this item without Redis."""
-        until = self._sold_out_until.get(item)
-        if until is None:
-            return False
-        if time.monotonic() < until:
-            return True
-        del self._sold_out_until[item]
-        return False
+    def gate(self, item: str) -> Gate | None:
+        """The gate that answers for this item without Redis now, if any."""
+        gate = self._gates.get(item)
+        if gate is None:
+            return None
+        if time.monotonic() < gate[0]:
+            return gate
+        del self._gates[item]
+        return None
 
     def submit(self, item: str, user: bytes, waiter: Waiter) -> bool:
         """Queue a purchase for the next batch; False (answer 503) if the queue is full."""
-        if self._waiting >= self._max_waiting:
+        waiting = self._waiting
+        if not waiting:
+            self._first_at = time.monotonic()
+        elif waiting >= self._max_waiting:
             return False
         queue = self._queues.get(item)
         if queue is None:
@@ -157,10 +182,11 @@ class Batcher:
             return
         queues, self._queues = self._queues, {}
         self._waiting = 0
-        task = asyncio.get_running_loop().create_task(self._round_trip(queues))
+        deadline = self._first_at + self._timeout
+        task = asyncio.get_running_loop().create_task(self._round_trip(queues, deadline))
         self._in_flight.add(task)
 
-    async def _round_trip(self, queues: dict[str, list[tuple[bytes, Waiter]]]) -> None:
+    async def _round_trip(self, queues: dict[str, list[tuple[bytes, Waiter]]], deadline: float) -> None:
         calls: list[tuple[str, str, Sequence[tuple[bytes, Waiter]]]] = []
         step = self._max_batch
         for item, queue in queues.items():
@@ -169,35 +195,45 @@ class Batcher:
                 calls.append((item, f"{self._id_prefix}{self._next_id:x}", queue[start : start + step]))
         sent = time.monotonic()
         try:
-            replies = await asyncio.wait_for(self._call(calls), self._timeout)
-        except (TimeoutError, RedisError, OSError) as exc:
+            if sent >= deadline:  # queued behind batches in flight for the whole timeout
+                raise TimeoutError("no Redis reply within the timeout")
+            replies = await asyncio.wait_for(self._call(calls), deadline - sent)
+        except Exception as exc:  # whatever failed, the outcome is unknown: 503
+            if not isinstance(exc, (TimeoutError, RedisError, OSError)) and self._faults is not None:
+                self._faults.report("redis", exc)  # not Redis's doing: a bug, logged as one
             self._warn(exc)
             replies = [exc] * len(calls)
         finally:
             self._in_flight.discard(asyncio.current_task())
-        now = self.answered_at = time.monotonic()
-        stats = self._stats
-        if stats is not None:
-            stats.round_trip.observe(now - sent)
+        now = time.monotonic()
+        try:
+            inject("batch")
+            stats = self._stats
+            if stats is not None:
+                stats.round_trip.observe(now - sent)
+                for _, _, requests in calls:
+                    stats.batch_size.observe(len(requests))
+                    stats.latency.observe_waits(now, requests)
+            for (item, _, requests), reply in zip(calls, replies, strict=True):
+                self._answer(item, requests, reply, now, sent)
+        except Exception as exc:  # a bug of ours: whoever is still waiting gets a 500
             for _, _, requests in calls:
-                stats.batch_size.observe(len(requests))
-                stats.latency.observe_waits(now, requests)
-        gate_until = now + self._gate_interval
-        for (item, _, requests), reply in zip(calls, replies, strict=True):
-            self._answer(item, requests, reply, gate_until)
+                for _, waiter in requests:
+                    waiter.fail("batch", exc)
         if self._queues and not self._scheduled:
             self._send()
 
-    def _warn(self, exc: BaseException) -> None:
-        """Log failed round trips, at most once a second: a Redis outage must not flood the log."""
+    def _warn(self, exc: BaseException, what: str = "Redis round trip(s) failed") -> None:
+        """Log failures, at most once a second: a Redis outage must not flood the log."""
         self._failures += 1
         now = time.monotonic()
         if now - self._warned_at >= 1.0:
-            log.warning("%d Redis round trip(s) failed, answered 503; last: %r", self._failures, exc)
+            log.warning("%d %s, answered 503; last: %s: %s", self._failures, what, type(exc).__name__, exc)
             self._failures = 0
             self._warned_at = now
 
     async def _call(self, calls: list[tuple[str, str, Sequence[tuple[bytes, Waiter]]]]) -> list[object]:
+        inject("redis")
         try:
             replies = await self._pipeline(calls)
         except (RedisConnectionError, OSError):
@@ -223,29 +259,41 @@ class Batcher:
         ])
 
     def _answer(
-        self, item: str, requests: Sequence[tuple[bytes, Waiter]], reply: object, gate_until: float
+        self, item: str, requests: Sequence[tuple[bytes, Waiter]], reply: object, now: float, sent: float
     ) -> None:
+        stats = self._stats
         if not _well_formed(reply, len(requests)):
             if isinstance(reply, ResponseError) or not isinstance(reply, BaseException):
-                # The script failed, or replied in a shape it never does: a bug or bad data.
-                log.error("admission call for %s failed: %r", item, reply)
+                # The script failed (Redis out of memory, a bug, bad data), or replied in a
+                # shape it never does. Every call of a batch can fail so: rate-limited.
+                self._warn(reply if isinstance(reply, BaseException) else ValueError(repr(reply)),
+                           f"admission call(s) failed (the last for {item})")
             self._count(item, UNAVAILABLE, len(requests))
             for _, waiter in requests:
                 waiter.finish(UNAVAILABLE, b"", 0)
             return
         if not reply:
+            if stats is not None:
+                stats.forget_sale(item)
             self._count(item, UNKNOWN_ITEM, len(requests))
             for _, waiter in requests:
                 waiter.finish(UNKNOWN_ITEM, b"", 0)
             return
         granted, remaining, seq = int(reply[0]), int(reply[1]), int(reply[2])
         tag, outcomes = reply[3], reply[4]
+        gate_until = now + self._gate_interval
         if remaining == 0:  # -1: the sale is not open, nobody looked at the stock
-            self._sold_out_until[item] = gate_until
+            self._gates[item] = (gate_until, SOLD_OUT, 0.0)
+        elif outcomes == b"N":
+            starts = sent + int(reply[5]) / 1000  # the earliest it can start
+            self._gates[item] = (min(gate_until, starts - START_MARGIN), NOT_STARTED, starts)
+        elif outcomes == b"E":
+            self._gates[item] = (gate_until, ENDED, 0.0)
         won, until = WON, 0
         if len(reply) == 6 and outcomes != b"N":
             won, until = HELD, int(reply[5])
-        if self._stats is not None:
+        if stats is not None:
+            stats.saw_sale(item)
             self._count_reply(item, len(requests), granted, outcomes, won)
         if not outcomes:  # the first `granted` won, the rest found it sold out
             for _, waiter in requests[:granted]:

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -56,6 +57,17 @@ class Limits:
     # Open connections per worker; at the limit the worker stops accepting and new clients
     # wait in the kernel's backlog (nginx worker_connections), none is accepted and dropped.
     max_connections: int = 10_000
+    # The longest a read request may wait for its answer (the worker sets it to the Redis
+    # timeout plus ANSWER_MARGIN): past it, whatever it waits for is lost (a bug), and the
+    # request gets a 500 and the connection is closed, so no connection owing answers lives
+    # on (a client that gave up would leave it in CLOSE-WAIT for ever).
+    answer_timeout: float = 3.0
+
+
+# Added to the Redis timeout for `Limits.answer_timeout`: every answer that waits for Redis
+# comes within the Redis timeout, and the tick that checks runs once a second on a clock
+# that is up to a second behind.
+ANSWER_MARGIN = 2.0
 
 
 # After our last answer to a client that may still be sending (an error, a deadline, a
@@ -64,11 +76,18 @@ class Limits:
 # (nginx's lingering_close; its lingering_timeout is 5 s).
 LINGER_TIMEOUT = 2.0
 
+# SO_LINGER on, 0 s: close() resets the connection and the kernel drops what is unsent
+# (nginx's reset_timedout_connection), instead of holding it for a client that reads nothing.
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+
 
 class App(TypingProtocol):
     responses: Responses
 
     def dispatch(self, request: Request, conn: HttpConnection) -> bytes | Slot: ...
+
+    def internal_error(self, site: str, exc: BaseException) -> bytes:
+        """Count and log an unexpected exception; the answer to give (500, close)."""
 
     def refused(self, conn: HttpConnection, status: int, answer: bytes) -> None:
         """An answer given outside dispatch (a request refused while parsed, or timed out):
@@ -233,9 +252,14 @@ _DISCARD = _Discarding()
 
 
 class Slot:
-    """A place in a connection's answer queue, filled when its answer is known."""
+    """A place in a connection's answer queue, filled when its answer is known.
 
-    __slots__ = ("conn", "data", "close")
+    A slot is answered once: `set()` again does nothing, so an answer that comes after a
+    500 (`fail()`, or the connection's deadline) or a second answer by mistake is dropped.
+    """
+
+    __slots__ = ("conn", "data", "close", "since")
+    since: float  # (coarse clock) when its request was read: set when queued (_process)
 
     def __init__(self, conn: HttpConnection, close: bool) -> None:
         self.conn = conn
@@ -243,6 +267,9 @@ class Slot:
         self.close = close
 
     def set(self, data: bytes) -> None:
+        if self.data is not None:
+            return
+        self.data = data
         conn = self.conn
         pending = conn._pending
         if len(pending) == 1 and pending[0] is self:
@@ -258,8 +285,17 @@ class Slot:
                 conn._resume_reading()
                 conn._process()
             return
-        self.data = data
         conn._write_ready()
+
+    def fail(self, site: str, exc: BaseException) -> None:
+        """An unexpected exception where this answer was being made: a 500, then the
+        connection closes (what was pipelined behind it is not answered)."""
+        conn = self.conn
+        answer = conn._app.internal_error(site, exc)
+        if self.data is None:
+            self.close = True
+            conn.closing = conn._unclean = True
+            self.set(answer)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -302,7 +338,12 @@ class HttpConnection(asyncio.Protocol):
         now = self.last_active = self._clock.now
         if self._parser.feed(data):
             self.started = now
-        self._process()
+        try:
+            self._process()
+        except Exception as exc:  # a bug of ours: dispatch's own are answered in _process
+            self._app.internal_error("http", exc)
+            if self._transport is not None:
+                self._transport.abort()
 
     def eof_received(self) -> bool:
         # A half-closed client still gets the answers to what it sent.
@@ -319,8 +360,9 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if len(self._pending) < MAX_PIPELINED:
+        if len(self._pending) < MAX_PIPELINED and self._reading_paused:
             self._resume_reading()
+            self._process()  # requests already read and parsed wait for no new bytes
 
     # --- request flow ----------------------------------------------------------
     def _process(self) -> None:
@@ -353,7 +395,11 @@ class HttpConnection(asyncio.Protocol):
                 left -= 1
                 if not left or not request.keep_alive:
                     self.closing = True
-                answer = self._app.dispatch(request, self)
+                try:
+                    answer = self._app.dispatch(request, self)
+                except Exception as exc:  # whatever raised, this request gets its answer
+                    answer = self._app.internal_error("dispatch", exc)
+                    self.closing = self._unclean = True
             if answer.__class__ is bytes:
                 if pending:  # must wait for the answers ahead of it
                     slot = Slot(self, self.closing)
@@ -362,6 +408,7 @@ class HttpConnection(asyncio.Protocol):
                 else:
                     out += answer
             else:
+                answer.since = self.last_active  # type: ignore[union-attr]
                 pending.append(answer)  # type: ignore[arg-type]
         self._requests_left = left
         transport = self._transport
@@ -371,10 +418,6 @@ class HttpConnection(asyncio.Protocol):
             transport.write(out)
         if self.closing and not pending:
             self._end()
-
-    def new_slot(self) -> Slot:
-        """A slot for an answer that comes later; closes the connection if this request does."""
-        return Slot(self, self.closing)
 
     def _write_ready(self) -> None:
         """Write the answers now ready at the head of the queue."""
@@ -452,7 +495,7 @@ class HttpConnection(asyncio.Protocol):
         if self._linger_since:
             if now - self._linger_since >= LINGER_TIMEOUT:
                 if self._writing_paused:  # not reading our answer either: a close() would
-                    transport.abort()  # wait for a flush that never comes
+                    self._reset()  # wait for a flush that never comes
                 else:
                     transport.close()
             return
@@ -460,9 +503,12 @@ class HttpConnection(asyncio.Protocol):
         if self._writing_paused:
             if now - self._unread_since >= limits.send_timeout:
                 log.debug("dropping %s: took none of its answers in %gs", self.peer, limits.send_timeout)
-                transport.abort()  # close() would wait for a flush that never comes
+                self._reset()  # close() would wait for a flush that never comes
             return
         if self._pending:
+            head = self._pending[0]  # (answers go out in order: the head is the one late)
+            if head.data is None and now - head.since >= limits.answer_timeout:
+                head.fail("overdue", TimeoutError(f"no answer within {limits.answer_timeout:g}s"))
             return
         parser = self._parser
         if not parser.mid_request:
@@ -480,6 +526,19 @@ class HttpConnection(asyncio.Protocol):
             self._app.refused(self, 408, answer)
             transport.write(answer)
             self._end()
+
+    def _reset(self) -> None:
+        """Drop the connection with a reset: the kernel frees what the client did not take."""
+        transport = self._transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+            except OSError:
+                pass
+        transport.abort()
 
     def shutdown(self, unread: bool = False) -> None:
         """Stop reading new requests; close now if idle, else after the answers owed.

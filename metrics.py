@@ -49,9 +49,13 @@ RESULTS = {
     batching.USER_REQUIRED: ("user_required", 400),
     batching.UNAVAILABLE: ("unavailable", 503),
 }
-# Item names are chosen by clients: results for names with no sale share one label value,
-# so a scan of random names cannot grow the metrics.
+# Item names are chosen by clients: an item is its own label value only once this worker
+# has seen its sale exist (an admission reply from Redis); every other name, on every path
+# (unknown, or refused before Redis answered: 503s while Redis is down), is counted under
+# NO_SALE, so a scan of random names cannot grow the metrics.
 NO_SALE = "-"
+# Sales one worker labels by name; past it, further ones are counted under NO_SALE too.
+MAX_LABELLED_SALES = 10_000
 
 # Histogram bounds (Prometheus `le`, inclusive), in seconds and requests.
 LATENCY_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -109,13 +113,23 @@ class WorkerStats:
         self.latency = Histogram(LATENCY_BOUNDS)  # purchases that waited for Redis: read to answered
         self.round_trip = Histogram(LATENCY_BOUNDS)  # one pipelined write of script calls to its replies
         self.batch_size = Histogram(BATCH_BOUNDS)  # requests per script call
+        self.internal_errors: dict[str, int] = {}  # site: unexpected exceptions (faults.Faults counts)
+        self.sales: set[str] = set()  # items whose sale Redis has shown to exist: their own label
 
     def count_request(self, route: str, status: int) -> None:
         key = (route, status)
         self.requests[key] = self.requests.get(key, 0) + 1
 
+    def saw_sale(self, item: str) -> None:
+        """Redis answered for this item's sale: from now on its results carry its name."""
+        if item not in self.sales and len(self.sales) < MAX_LABELLED_SALES:
+            self.sales.add(item)
+
+    def forget_sale(self, item: str) -> None:
+        self.sales.discard(item)
+
     def count_results(self, item: str, outcome: int, count: int) -> None:
-        if outcome == batching.UNKNOWN_ITEM:
+        if item not in self.sales:
             item = NO_SALE
         key = (item, outcome)
         self.purchases[key] = self.purchases.get(key, 0) + count
@@ -129,6 +143,7 @@ class WorkerStats:
             "latency": self.latency.dump(),
             "round_trip": self.round_trip.dump(),
             "batch_size": self.batch_size.dump(),
+            "internal_errors": self.internal_errors,
             "connections": connections,
             "in_flight": in_flight,
         }
@@ -145,6 +160,7 @@ class Totals:
         self.latency = Histogram(LATENCY_BOUNDS)
         self.round_trip = Histogram(LATENCY_BOUNDS)
         self.batch_size = Histogram(BATCH_BOUNDS)
+        self.internal_errors: dict[str, int] = {}
         self.connections = 0
         self.in_flight = 0
 
@@ -163,6 +179,8 @@ class Totals:
         self.latency.add(dumped["latency"])
         self.round_trip.add(dumped["round_trip"])
         self.batch_size.add(dumped["batch_size"])
+        for site, n in dumped.get("internal_errors", {}).items():
+            _add(self.internal_errors, site, n)
         if live:
             self.workers += 1
             self.connections += dumped["connections"]
@@ -256,6 +274,12 @@ class _Exposition(Collector):
         for item, n in sorted(t.gate_hits.items()):
             gate.add_metric([item], n)
         yield gate
+        errors = CounterMetricFamily("seckill_internal_errors",
+                                     "Unexpected exceptions, answered 500 (503 in a Redis call), by code site",
+                                     labels=["site"])
+        for site, n in sorted(t.internal_errors.items()):
+            errors.add_metric([site], n)
+        yield errors
         yield _histogram("seckill_request_duration_seconds",
                          "Purchase requests from parsed to answered (the sold-out gate's answers count as 0)",
                          t.latency, route="purchase")

@@ -14,7 +14,11 @@ by hiredis's C `pack_command` (redis-py's asyncio connection packs in Python, wh
 
 On any failure (a broken socket, or a caller giving up on a reply) the connection is
 dropped and every batch still waiting fails: their outcome is unknown, and stale replies
-must never be matched to later batches. The next batch reconnects.
+must never be matched to later batches. The next batch connects a NEW connection object:
+redis-py disconnects a connection whose read was interrupted, so a reader task cancelled
+on the old one, still unwinding, must have nothing of the new one to close (it did, and
+a send then found no writer: `'NoneType' object has no attribute 'writelines'`). Whatever
+a send raises, the caller gets a `ConnectionError`, and so does every batch behind it.
 """
 
 from __future__ import annotations
@@ -48,14 +52,17 @@ class OrderedPipe:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         async with self._send_lock:  # sends, and so Redis's replies, keep this order
-            conn = await self._connection()
-            packed = b"".join(map(pack_command, commands))
-            self._waiting.append((len(commands), future))
             try:
+                conn = await self._connection()
+                packed = b"".join(map(pack_command, commands))
+                self._waiting.append((len(commands), future))
                 await conn.send_packed_command(packed, check_health=False)
-            except BaseException as exc:
+            except asyncio.CancelledError as exc:
                 self.reset(exc)
                 raise
+            except Exception as exc:  # (not only OSError: see the module's docstring)
+                self.reset(exc)
+                raise RedisConnectionError(f"Redis connection lost: {exc!r}") from exc
             if self._reader is None:
                 self._reader = loop.create_task(self._read_replies(conn))
         try:
@@ -83,12 +90,14 @@ class OrderedPipe:
             await self._conn.disconnect()
 
     async def _connection(self) -> AbstractConnection:
+        if self._broken:
+            self._broken = False
+            old, self._conn = self._conn, None
+            if old is not None:
+                await old.disconnect(nowait=True)
         conn = self._conn
         if conn is None:
             conn = self._conn = self._pool.make_connection()  # type: ignore[no-untyped-call]  # ours alone
-        if self._broken:
-            self._broken = False
-            await conn.disconnect(nowait=True)
         if not conn.is_connected:
             await conn.connect()
         return conn

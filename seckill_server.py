@@ -34,20 +34,21 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
-from urllib.parse import parse_qsl
 
 import uvloop
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 import batcher as batching
+import bodies
 import dashboard
+import faults
 import metrics
 import order_book
 import request_logs
 import sale_store
 from admin_api import AdminApi
-from http_connection import Clock, HttpConnection, Limits, Listener, Registry, Slot
+from http_connection import ANSWER_MARGIN, Clock, HttpConnection, Limits, Listener, Registry, Slot
 from protocol import KNOWN_METHODS, HttpError, Request
 from redis_client import make_pipe, make_redis, valid_url
 from redis_runner import (
@@ -127,6 +128,7 @@ _ALLOW_PURCHASE = b"Allow: GET, POST\r\n"
 _ALLOW_GET = b"Allow: GET, HEAD\r\n"
 _RETRY_AFTER = b"Retry-After: 1\r\n"
 _UNAVAILABLE = json_body({"result": "unavailable"})
+_INTERNAL = json_body({"error": "internal"})
 _OK = json_body({"status": "ok"})
 _NO_STORE = b"Cache-Control: no-store\r\n"
 _HTML = b"text/html; charset=utf-8"
@@ -171,10 +173,7 @@ class Purchase(Slot):
             )
             self.set(self.app.responses.build(200, body, self.mode))
         elif outcome == batching.NOT_STARTED:
-            body = b'{"result":"not_started","item":"%s","starts_in":%.3f}' % (
-                self.item.encode(), value / 1000,
-            )
-            self.set(self.app.responses.build(403, body, self.mode))
+            self.set(self.app.not_started_answer(self.item, value / 1000, self.mode))
         else:
             self.set(self.app.purchase_answer(self.item, outcome, self.mode))
 
@@ -198,7 +197,8 @@ class TimedPurchase(Purchase):
 
 class SeckillApp:
     def __init__(self, config: Config, redis: Redis, batcher: batching.Batcher,
-                 stats: metrics.WorkerStats | None = None, registry: Registry | None = None) -> None:
+                 stats: metrics.WorkerStats | None = None, registry: Registry | None = None,
+                 faults_: faults.Faults | None = None) -> None:
         self.config = config
         self.redis = redis
         self.batcher = batcher
@@ -206,6 +206,7 @@ class SeckillApp:
         self.responses = Responses()
         self._items: dict[bytes, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.faults = faults_ or faults.Faults(stats.internal_errors if stats is not None else None)
         # Metrics (None: off): the hot path adds to these directly.
         self.stats = stats
         self.registry = registry
@@ -256,6 +257,12 @@ class SeckillApp:
         if request.method == b"HEAD" and answer.__class__ is bytes:
             return strip_body(answer)
         return answer
+
+    def internal_error(self, site: str, exc: BaseException) -> bytes:
+        """An unexpected exception at `site`: counted, logged (rate-limited), answered 500 and a close."""
+        self.faults.report(site, exc)
+        self.count("unrouted", 500)
+        return self.responses.get(500, _INTERNAL, CLOSE)
 
     def count(self, route: str, status: int) -> None:
         """Metrics: one answer on a route other than a purchase's result (those are counted per batch)."""
@@ -338,6 +345,7 @@ class SeckillApp:
             self.count(route, 405)
             return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_GET)
         if route == "healthz":
+            faults.inject("healthz")
             self.count(route, 200)
             return self.responses.get(200, _OK, mode)
         if route == "readyz":
@@ -405,13 +413,21 @@ class SeckillApp:
             self.count("purchase", 405)
             return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_PURCHASE)
         batcher = self.batcher
-        if batcher.sold_out(item):
+        gate = batcher.gate(item)
+        if gate is not None:
             # Before reading the user: after a sell-out this is nearly every request, and
             # the answer is the same for anyone (a malformed user too).
-            hits = self.gate_hits
-            if hits is not None:
-                hits[item] = hits.get(item, 0) + 1
-            return self.purchase_answer(item, batching.SOLD_OUT, mode)
+            outcome = gate[1]
+            if outcome == batching.SOLD_OUT:
+                hits = self.gate_hits
+                if hits is not None:
+                    hits[item] = hits.get(item, 0) + 1
+                return self.purchase_answer(item, outcome, mode)
+            if self.stats is not None:
+                self.stats.count_results(item, outcome, 1)
+            if outcome == batching.NOT_STARTED:
+                return self.not_started_answer(item, gate[2] - time.monotonic(), mode)
+            return self.purchase_answer(item, outcome, mode)
         user = _user(request) if request.query or request.body else b""
         purchase = self._purchase_class(self, conn, item, mode)
         if not batcher.submit(item, user, purchase):
@@ -436,6 +452,10 @@ class SeckillApp:
         if len(memo) < MAX_CACHED:
             memo[key] = answer
         return answer
+
+    def not_started_answer(self, item: str, starts_in: float, mode: int) -> bytes:
+        body = b'{"result":"not_started","item":"%s","starts_in":%.3f}' % (item.encode(), max(0.0, starts_in))
+        return self.responses.build(403, body, mode)
 
     def _order_lookup(self, request: Request, conn: HttpConnection, raw_item: bytes, mode: int) -> bytes | Slot:
         """GET /seckill/{item}/order?user=U: the user's live orders, e.g. after a 503."""
@@ -466,17 +486,24 @@ class SeckillApp:
         head = request.method == b"HEAD"
 
         async def run() -> None:
+            # The one way a background answer is made: whatever raises, the slot is answered.
             try:
-                status, body, extra = await asyncio.wait_for(work, self.config.redis_timeout)
-            except (TimeoutError, RedisError, OSError) as exc:
-                log.debug("redis call failed: %r", exc)
-                status, body, extra = 503, _UNAVAILABLE, _RETRY_AFTER
-            self.count(route, status)
-            if cache:
-                answer = self.responses.get(status, body, mode, extra)
-            else:
-                answer = self.responses.build(status, body, mode, extra)
-            slot.set(strip_body(answer) if head else answer)
+                try:
+                    faults.inject(route)
+                    status, body, extra = await asyncio.wait_for(work, self.config.redis_timeout)
+                except (TimeoutError, RedisError, OSError) as exc:
+                    log.debug("redis call failed: %r", exc)
+                    status, body, extra = 503, _UNAVAILABLE, _RETRY_AFTER
+                finally:
+                    work.close()  # (never started if the fault came first: not awaited)
+                self.count(route, status)
+                if cache:
+                    answer = self.responses.get(status, body, mode, extra)
+                else:
+                    answer = self.responses.build(status, body, mode, extra)
+                slot.set(strip_body(answer) if head else answer)
+            except Exception as exc:
+                slot.fail(route, exc)
 
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
@@ -534,22 +561,19 @@ def _user(request: Request) -> bytes:
     """The buyer's id from `?user=` or a form/JSON body (the body wins); b"" when anonymous."""
     if not request.body and _PLAIN_USER_QUERY.fullmatch(request.query):
         return request.query[5:]  # what parse_qsl would give, without its cost
-    try:
-        user = _form_user(request.query)
-        if request.body:
-            ctype = (request.header(b"content-type") or b"").split(b";")[0].strip().lower()
-            if ctype == b"application/json":
-                data = json.loads(request.body)
-                named = data.get("user", "") if isinstance(data, dict) else None
-                if not isinstance(named, str):
-                    raise HttpError(400, "user must be a string")
-                user = named or user
-            elif ctype in (b"", b"application/x-www-form-urlencoded"):
-                user = _form_user(request.body) or user
-            else:
-                raise HttpError(415, "body must be a form or JSON")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise HttpError(400, "malformed query or body") from exc
+    user = _form_user(request.query)
+    if request.body:
+        ctype = (request.header(b"content-type") or b"").split(b";")[0].strip().lower()
+        if ctype == b"application/json":
+            data = bodies.json_value(request.body)
+            named = data.get("user", "") if isinstance(data, dict) else None
+            if not isinstance(named, str):
+                raise HttpError(400, "user must be a string")
+            user = named or user
+        elif ctype in (b"", b"application/x-www-form-urlencoded"):
+            user = _form_user(request.body) or user
+        else:
+            raise HttpError(415, "body must be a form or JSON")
     if len(user) > MAX_USER or not user.isprintable():
         raise HttpError(400, f"user must be at most {MAX_USER} printable characters")
     return user.encode()
@@ -558,10 +582,9 @@ def _user(request: Request) -> bytes:
 def _form_user(form: bytes) -> str:
     """The last `user` in a query string or urlencoded form; "" if none."""
     user = ""
-    if form:
-        for key, value in parse_qsl(form.decode("ascii"), errors="strict"):
-            if key == "user":
-                user = value
+    for key, value in bodies.form_pairs(form):
+        if key == "user":
+            user = value
     return user
 
 
@@ -583,16 +606,18 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
     assert config.redis is not None
     redis = make_redis(config.redis, config.redis_timeout)
     stats = metrics.WorkerStats() if config.metrics else None
+    errors = faults.Faults(stats.internal_errors if stats is not None else None)
     batcher = batching.Batcher(
         redis, make_pipe(redis), timeout=config.redis_timeout, gate_interval=config.gate_interval,
         max_batch=config.max_batch, max_waiting=config.max_waiting,
-        max_in_flight=config.max_in_flight, stats=stats,
+        max_in_flight=config.max_in_flight, stats=stats, faults=errors,
     )
     clock = Clock(loop.time())
-    # Config has a field of the same name for each limit (the flags).
-    limits = Limits(**{f.name: getattr(config, f.name) for f in dataclasses.fields(Limits)})
+    # Config has a field of the same name for each limit (the flags), but the answer deadline.
+    limits = Limits(answer_timeout=config.redis_timeout + ANSWER_MARGIN, **{
+        f.name: getattr(config, f.name) for f in dataclasses.fields(Limits) if f.name != "answer_timeout"})
     registry = Registry(limits.max_connections)
-    app = SeckillApp(config, redis, batcher, stats, registry)
+    app = SeckillApp(config, redis, batcher, stats, registry, errors)
     app.open_logs(rotator=index == 0)
     def factory() -> HttpConnection:
         return HttpConnection(app, clock, registry, limits)
@@ -627,6 +652,7 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
             conn.expire(clock.now)
         for line_log in app.logs:
             line_log.tick()
+        errors.flush()
         ticker[0] = loop.call_at(clock.now + 1.0, tick)
 
     ticker = [loop.call_later(1.0, tick)]

@@ -1,0 +1,59 @@
+"""Client bodies and query strings, parsed so that the only thing they can raise is
+`HttpError` (a 400 or 415 for the client), never an exception of ours.
+
+A request body is at most `protocol.MAX_BODY` bytes, but JSON that nests a thousand
+levels deep makes the decoder recurse past Python's limit (`RecursionError`), so its
+depth is bounded before it is decoded. Query strings and forms go through `parse_qsl`
+in strict mode; admin numbers are ASCII digits only (`'²'.isdigit()` is true, and
+`int('²')` raises).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+from protocol import HttpError
+
+# JSON nesting a body may have: ours are flat objects ({"user": ...}, a sale's terms).
+# Bounds the decoder's recursion, far below Python's limit of ~1000 frames.
+MAX_JSON_DEPTH = 32
+
+# A JSON string (so that brackets inside strings do not count), or a bracket.
+_STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only; 18 digits stay below 2**63
+
+
+def json_value(body: bytes) -> Any:
+    """The JSON a body holds; HttpError(400) if it is not JSON or nests too deep."""
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(body):
+        char = match.group()
+        if char in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise HttpError(400, f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
+        elif char in (b"]", b"}"):
+            depth -= 1
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+        raise HttpError(400, "the body is not valid JSON") from None
+
+
+def form_pairs(data: bytes, blanks: bool = False) -> list[tuple[str, str]]:
+    """A query string or urlencoded form as (name, value) pairs, as parse_qsl gives them
+    (`blanks`: keep fields without a value); HttpError(400) if malformed."""
+    if not data:
+        return []
+    try:
+        return parse_qsl(data.decode("ascii"), keep_blank_values=blanks, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise HttpError(400, "malformed query string or form") from None
+
+
+def ascii_int(text: str) -> int | None:
+    """A number of ASCII digits (at most 18), or None for anything else."""
+    return int(text) if _DIGITS.fullmatch(text) else None
