@@ -1,0 +1,186 @@
+"""The Batcher with a scripted pipe (no Redis): what it answers when the pipe replies,
+raises anything at all, or never replies, and what its gates answer. The admission
+script itself is tested against a real Redis elsewhere (test_stock.py, test_orders.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+import batcher as batching
+from batcher import Batcher
+
+
+class ScriptedPipe:
+    """A BatchPipe whose execute() does what the test says."""
+
+    def __init__(self, behave: Callable[[Sequence[tuple[Any, ...]]], Any]) -> None:
+        self.behave = behave
+        self.calls: list[Sequence[tuple[Any, ...]]] = []
+
+    async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        self.calls.append(commands)
+        result = self.behave(commands)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        pass
+
+
+class Waiter:
+    def __init__(self, fail_on_finish: bool = False) -> None:
+        self.t0 = time.monotonic()
+        self.outcomes: list[tuple[int, int]] = []
+        self.failures: list[str] = []
+        self.done = asyncio.Event()
+        self.fail_on_finish = fail_on_finish
+
+    def finish(self, outcome: int, tag: bytes, value: int, until: int = 0) -> None:
+        if self.fail_on_finish:
+            raise OverflowError("year 10000")
+        self.outcomes.append((outcome, value))
+        self.done.set()
+
+    def fail(self, site: str, exc: BaseException) -> None:
+        if not self.outcomes:
+            self.failures.append(site)
+            self.done.set()
+
+
+def make(behave: Callable[[Sequence[tuple[Any, ...]]], Any], **kwargs: Any) -> tuple[Batcher, ScriptedPipe]:
+    pipe = ScriptedPipe(behave)
+    options: dict[str, Any] = {"timeout": 1.0, "gate_interval": 0.1, **kwargs}
+    return Batcher(None, pipe, **options), pipe  # type: ignore[arg-type]
+
+
+def won(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Every request of every call wins (the script's "" outcomes form). A call is EVALSHA,
+    the sha, 7, seven keys, the batch id, then one user per request."""
+    return [[str(len(c) - 11).encode(), b"1000", b"1", b"tag", b""] for c in commands]
+
+
+def never(commands: Sequence[tuple[Any, ...]]) -> Any:
+    return asyncio.get_running_loop().create_future()  # a Redis that never answers
+
+
+async def answers(waiters: list[Waiter], bound: float = 5.0) -> None:
+    await asyncio.wait_for(asyncio.gather(*(w.done.wait() for w in waiters)), bound)
+
+
+@pytest.mark.parametrize("error", [
+    AttributeError("'NoneType' object has no attribute 'writelines'"),  # the race seen under CLIENT KILL
+    RuntimeError("anything"),
+    ConnectionResetError("reset"),
+    TimeoutError(),
+])
+def test_any_failure_of_the_redis_call_answers_every_request_unavailable(error: BaseException) -> None:
+    def fail(commands: Sequence[tuple[Any, ...]]) -> Any:
+        raise error
+
+    async def run() -> list[Waiter]:
+        batcher, _ = make(fail)
+        waiters = [Waiter() for _ in range(5)]
+        for i, waiter in enumerate(waiters):
+            assert batcher.submit(f"item{i % 2}", b"", waiter)
+        await answers(waiters)
+        assert not batcher.busy
+        return waiters
+
+    for waiter in asyncio.run(run()):
+        assert waiter.outcomes == [(batching.UNAVAILABLE, 0)]
+
+
+def test_a_request_queued_behind_a_stuck_batch_is_answered_within_the_timeout_of_its_arrival() -> None:
+    timeout = 0.5
+
+    async def run() -> tuple[float, float, int]:
+        batcher, pipe = make(never, timeout=timeout, max_in_flight=1)
+        first, second = Waiter(), Waiter()
+        batcher.submit("item", b"", first)
+        await asyncio.sleep(timeout / 2)  # the first batch is in flight, stuck
+        arrived = time.monotonic()
+        batcher.submit("item", b"", second)  # waits for a place in flight
+        await answers([first, second])
+        return time.monotonic() - arrived, second.outcomes[0][0], len(pipe.calls)
+
+    waited, outcome, _ = asyncio.run(run())
+    assert outcome == batching.UNAVAILABLE
+    # Before: the second batch got a whole timeout of its own once sent (0.75 s here).
+    assert waited < timeout + 0.15
+
+
+def test_a_batch_whose_time_ran_out_in_the_queue_is_not_sent() -> None:
+    async def run() -> int:
+        batcher, pipe = make(never, timeout=0.2, max_in_flight=1)
+        first, second = Waiter(), Waiter()
+        batcher.submit("item", b"", first)
+        await asyncio.sleep(0)  # sent
+        batcher.submit("item", b"", second)  # arrives with the first: same deadline, almost
+        batcher._first_at -= 1.0  # (as if it had waited a second already)
+        await answers([first, second])
+        return len(pipe.calls)
+
+    assert asyncio.run(run()) == 1
+
+
+def test_an_exception_while_answering_fails_the_requests_not_answered_yet() -> None:
+    async def run() -> list[Waiter]:
+        batcher, _ = make(won)
+        waiters = [Waiter(), Waiter(fail_on_finish=True), Waiter()]
+        for waiter in waiters:
+            batcher.submit("item", b"", waiter)
+        await answers([waiters[0], waiters[2]])
+        return waiters
+
+    first, broken, last = asyncio.run(run())
+    assert first.outcomes == [(batching.WON, 1)]  # answered before it raised: stays answered
+    assert broken.failures == ["batch"]
+    assert last.failures == ["batch"]
+
+
+def test_the_not_started_gate_answers_until_just_before_the_start_redis_gave() -> None:
+    starts_in_ms = 200
+
+    def not_started(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return [[b"0", b"-1", b"0", b"tag", b"N", str(starts_in_ms).encode()] for _ in commands]
+
+    async def run() -> tuple[Any, float, Any]:
+        batcher, pipe = make(not_started, gate_interval=10.0)
+        waiter = Waiter()
+        sent = time.monotonic()
+        batcher.submit("item", b"", waiter)
+        await answers([waiter])
+        gate = batcher.gate("item")
+        assert waiter.outcomes == [(batching.NOT_STARTED, starts_in_ms)]
+        await asyncio.sleep(starts_in_ms / 1000 - batching.START_MARGIN + 0.01)
+        return gate, sent, batcher.gate("item")
+
+    gate, sent, later = asyncio.run(run())
+    assert gate is not None and gate[1] == batching.NOT_STARTED
+    start = gate[2]
+    assert sent <= start - starts_in_ms / 1000 <= sent + 0.1  # measured from the send: the earliest start
+    assert gate[0] == pytest.approx(start - batching.START_MARGIN)  # not the 10 s gate interval
+    assert later is None  # from START_MARGIN before the start, Redis decides again
+
+
+@pytest.mark.parametrize(("reply", "outcome"), [
+    ([b"0", b"0", b"1", b"tag", b""], batching.SOLD_OUT),
+    ([b"0", b"-1", b"0", b"tag", b"E"], batching.ENDED),
+])
+def test_sold_out_and_ended_are_gated_for_the_gate_interval(reply: list[bytes], outcome: int) -> None:
+    async def run() -> Any:
+        batcher, _ = make(lambda commands: [reply for _ in commands], gate_interval=5.0)
+        waiter = Waiter()
+        batcher.submit("item", b"", waiter)
+        await answers([waiter])
+        return batcher.gate("item"), batcher.gate("other")
+
+    gate, other = asyncio.run(run())
+    assert gate is not None and gate[1] == outcome
+    assert other is None
