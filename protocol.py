@@ -8,9 +8,11 @@ It imports no socket and no event loop, so the tests are plain function calls on
 
 The parser is strict on purpose (RFC 9112): whatever could frame a message two ways
 (request smuggling) or hide in a lenient reading is rejected, and every rejection ends
-the connection. The hot path is one `find` for the end of the head, one regex per line
-and no per-byte Python loop; two memos (whole bodyless heads, header blocks) skip even
-that for what a client sends again byte for byte.
+the connection. The one leniency is RFC 9112 2.2's: one empty line before each request
+line is skipped (a second is refused, so CRLFs cannot hold a connection). The hot path
+is one `find` for the end of the head, one regex per line and no per-byte Python loop;
+two memos (whole bodyless heads, header blocks) skip even that for what a client sends
+again byte for byte.
 """
 
 from __future__ import annotations
@@ -104,11 +106,14 @@ class Request:
 class RequestParser:
     """Feed bytes in, take complete requests out. After an error the parser is dead."""
 
-    __slots__ = ("_buf", "_scan_from", "_head", "_body_left", "_closed", "wants_continue")
+    __slots__ = ("_buf", "_scan_from", "_head", "_body_left", "_closed", "_skipped_crlf", "wants_continue")
 
     def __init__(self) -> None:
         self._buf = b""
         self._scan_from = 0  # where to resume looking for the end of the head
+        # True from skipping the empty line allowed before a request line (RFC 9112 2.2)
+        # until that request's head is taken: a second one is refused (see next_request).
+        self._skipped_crlf = False
         self._head: Request | None = None  # parsed head waiting for its body
         self._body_left = 0
         self._closed = False
@@ -122,7 +127,13 @@ class RequestParser:
 
     @property
     def mid_request(self) -> bool:
-        """True while part of a request has arrived (for idle-close decisions)."""
+        """True while part of a request has arrived (for idle-close decisions).
+
+        The skipped empty line before a request line is consumed at once: not buffered and
+        not a request in progress, so the keep-alive timer still runs, and the next
+        request's first byte is what feed() reports as its start (the header timeout's
+        clock). A lone CR still buffered counts as begun: it cannot be repeated (only one
+        CRLF is skipped), and its LF, or what else follows, is due at once."""
         return bool(self._buf) or self._head is not None
 
     @property
@@ -153,6 +164,18 @@ class RequestParser:
                 buf = self._buf
                 if not buf:
                     return None
+                if buf[0] == 13 and not self._skipped_crlf:  # b"\r": one check per head start
+                    # RFC 9112 2.2: a server SHOULD ignore at least one empty line before a
+                    # request line (some clients send a CRLF after a POST body). We ignore
+                    # exactly one per request, so CRLFs cannot keep a connection busy: a
+                    # second one meets the head's own checks below and is refused (400).
+                    if len(buf) == 1:
+                        return None  # the CRLF's LF may be in the next read
+                    if buf[1] == 10:
+                        self._skipped_crlf = True
+                        buf = self._buf = buf[2:]
+                        if not buf:
+                            return None
                 end = buf.find(b"\r\n\r\n", self._scan_from)
                 if end < 0:
                     self._scan_from = max(0, len(buf) - 3)
@@ -165,6 +188,7 @@ class RequestParser:
                 if request is not None:  # seen before: the same request, already parsed
                     self._buf = buf[end + 4 :]
                     self._scan_from = 0
+                    self._skipped_crlf = False
                     return request
                 try:
                     if end + 4 > MAX_HEAD:
@@ -175,6 +199,7 @@ class RequestParser:
                     # checks first: answer as they would, whatever the split.
                     raise _doomed_head(buf, end + 3) or exc from None
                 rest = buf[end + 4 :]
+                self._skipped_crlf = False
                 if not length:
                     if not request.query:  # a query string mostly carries one-off data
                         if len(_BODYLESS) >= MAX_CACHED_HEADS:
@@ -211,7 +236,7 @@ def _doomed_head(buf: bytes, size: int) -> HttpError | None:
     size = min(size, MAX_HEAD + 1)  # past MAX_HEAD it is a 431 whatever follows
     errors: list[tuple[int, int, str]] = []
     # The method: a token longer than any we know (501, as llhttp/nginx do), else a token
-    # and a space. A leading empty line fails here too.
+    # and a space. An empty line past the one next_request skips fails here too.
     method = _TOKEN_RE.match(buf, 0, min(size, MAX_METHOD + 1))
     method_end = method.end() if method is not None else 0
     if method_end > MAX_METHOD:
@@ -285,8 +310,8 @@ def _parse_head(head: bytes) -> tuple[Request, int, bool]:
     else:
         match = _REQUEST_LINE.fullmatch(line)
         if match is None:
-            # Leading empty lines (RFC 9112 2.2 lets servers skip them) are refused too:
-            # no client we serve sends them and they only widen the grammar.
+            # next_request skips one empty line before the request line (RFC 9112 2.2); a
+            # second one is an empty request line here, and refused.
             raise HttpError(400, "malformed request line")
         method, target, major, minor = match.groups()
         if major != b"1" or minor not in (b"0", b"1"):

@@ -194,35 +194,63 @@ class ProxyTrust:
                 self.networks.append(ipaddress.ip_network(part, strict=False))  # ValueError if bad
 
     def trusts(self, address: str) -> bool:
+        """True for a plain address (see _plain_ip) in a trusted network; `*`: any plain
+        address. An IPv4-mapped address (`::ffff:127.0.0.1`, an IPv4 peer of a dual-stack
+        socket; Linux drops such sources from the wire) is also checked as its IPv4 one."""
+        ip = _plain_ip(address)
+        if ip is None:
+            return False
         if self.everyone:
             return True
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.networks)
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        # (`in` compares integers across versions: 1.2.3.4 would be "in" ::/96.)
+        return any(net.version == ip.version and ip in net
+                   or mapped is not None and net.version == 4 and mapped in net for net in self.networks)
 
     def client(self, peer: str, forwarded_for: bytes | None, real_ip: bytes | None) -> str:
         """The client's address: the peer's, unless a trusted proxy says otherwise. In
         X-Forwarded-For, the right-most address not itself a trusted proxy (what precedes
-        it could have been written by the client)."""
+        it could have been written by the client). A header value that is not a plain
+        address is not believed: the peer is named instead."""
         if not (peer == "unix" or self.trusts(peer)):
             return peer
         if forwarded_for:
             hops = [h.strip() for h in forwarded_for.decode("latin-1").split(",") if h.strip()]
             for hop in reversed(hops):
                 if not self.trusts(hop):
-                    return _address(hop)
+                    return _address(hop) or peer
             if hops:
-                return _address(hops[0])
+                return _address(hops[0]) or peer
         if real_ip:
-            return _address(real_ip.decode("latin-1").strip())
+            return _address(real_ip.decode("latin-1").strip()) or peer
         return peer
 
 
-def _address(text: str) -> str:
-    """An address from a header, if it is one (a header is text anyone could have written)."""
+# The characters of a plain IPv4 or IPv6 address, at most as many as the longest
+# (0000:0000:0000:0000:0000:ffff:255.255.255.255). ipaddress alone is not enough: it takes
+# an IPv6 scope id of any text (`fe80::1%x - - [...] "DELETE ...`) and prints it back, which
+# would let a header write into the access log's client field.
+_PLAIN_ADDRESS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+
+
+def _plain_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address `text` spells, if it is a plain IPv4 or IPv6 one: no scope id, port,
+    brackets, spaces or other text."""
+    if _PLAIN_ADDRESS.fullmatch(text) is None:
+        return None
     try:
-        return str(ipaddress.ip_address(text))
+        return ipaddress.ip_address(text)
     except ValueError:
-        return "-"
+        return None
+
+
+def _address(text: str) -> str | None:
+    """An address from a header, if it is a plain one (a header is text anyone could have
+    written), as the log writes it; an IPv4-mapped one as its IPv4 address (also the same
+    text on every Python: 3.11 prints ::ffff:1.2.3.4 as ::ffff:102:304)."""
+    ip = _plain_ip(text)
+    if ip is None:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)

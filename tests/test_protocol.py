@@ -105,6 +105,14 @@ def filler_head(total: int) -> bytes:
     return head(b"GET / HTTP/1.1", b"Host: t", b"X-Pad: " + b"p" * (total - len(FILLER_BASE)))
 
 
+def post(*headers: bytes, version: bytes = b"1.1") -> bytes:
+    return head(b"POST / HTTP/" + version, b"Host: t", *headers)
+
+
+def get(*headers: bytes, target: bytes = b"/", version: bytes = b"1.1") -> bytes:
+    return head(b"GET " + target + b" HTTP/" + version, b"Host: t", *headers)
+
+
 GOOD = [
     pytest.param(head(b"GET / HTTP/1.1", b"Host: t"), [req(b"GET", b"/")], id="get-http11-host"),
     pytest.param(
@@ -262,6 +270,41 @@ GOOD = [
         [req(b"POST", b"/", body=b"ok", headers=[(b"host", b"t"), (b"content-length", b"0002")])],
         id="content-length-leading-zeros",
     ),
+    # RFC 9112 2.2: one empty line before a request line is ignored (one per request).
+    pytest.param(
+        b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        [req(b"GET", b"/", headers=[(b"host", b"a")])],
+        id="empty-line-before-request",
+    ),
+    pytest.param(
+        get(target=b"/a") + b"\r\n" + get(target=b"/b"),
+        [req(b"GET", b"/a"), req(b"GET", b"/b")],
+        id="empty-line-between-pipelined-requests",
+    ),
+    # What some clients send after a POST body (RFC 9112 2.2); nothing is left buffered.
+    pytest.param(
+        post(b"Content-Length: 8") + FORM + b"\r\n",
+        [req(b"POST", b"/", body=FORM, headers=[(b"host", b"t"), (b"content-length", b"8")])],
+        id="empty-line-after-body",
+    ),
+    pytest.param(
+        b"\r\n" + post(b"Content-Length: 8") + FORM + b"\r\n" + get(target=b"/b") + b"\r\n",
+        [req(b"POST", b"/", body=FORM, headers=[(b"host", b"t"), (b"content-length", b"8")]),
+         req(b"GET", b"/b")],
+        id="empty-line-before-each-request",
+    ),
+    # The body is counted from the byte after the head: a CRLF there is body, not skipped.
+    pytest.param(
+        post(b"Content-Length: 2") + b"\r\n",
+        [req(b"POST", b"/", body=b"\r\n", headers=[(b"host", b"t"), (b"content-length", b"2")])],
+        id="crlf-body-is-body",
+    ),
+    # The skipped line does not count towards the head's limit.
+    pytest.param(
+        b"\r\n" + filler_head(MAX_HEAD),
+        [req(b"GET", b"/", headers=[(b"host", b"t"), (b"x-pad", b"p" * (MAX_HEAD - len(FILLER_BASE)))])],
+        id="empty-line-before-head-at-limit",
+    ),
 ]
 
 
@@ -290,14 +333,6 @@ CHUNKED_POST = (
 CLIENT_HELLO = bytes.fromhex("160301020001 0001fc 0303") + bytes(range(32)) + b"\x20" + b"\xab" * 32
 
 
-def post(*headers: bytes, version: bytes = b"1.1") -> bytes:
-    return head(b"POST / HTTP/" + version, b"Host: t", *headers)
-
-
-def get(*headers: bytes, target: bytes = b"/", version: bytes = b"1.1") -> bytes:
-    return head(b"GET " + target + b" HTTP/" + version, b"Host: t", *headers)
-
-
 BAD = [
     # RFC 9110 10.1.1: an expectation other than 100-continue cannot be met.
     pytest.param(post(b"Expect: 200-ok", b"Content-Length: 0"), 417, id="expect-unknown"),
@@ -311,8 +346,19 @@ BAD = [
     pytest.param(head(b" GET / HTTP/1.1", b"Host: t"), 400, id="request-line-leading-space"),
     pytest.param(head(b"G@T / HTTP/1.1", b"Host: t"), 400, id="method-not-a-token"),
     pytest.param(head(b"GET / http/1.1", b"Host: t"), 400, id="version-lowercase"),
-    # RFC 9112 2.2: servers may skip empty lines before the request line; we refuse them.
-    pytest.param(b"\r\n" + get(), 400, id="leading-empty-line"),
+    # RFC 9112 2.2: one empty line before the request line is skipped, a second is refused,
+    # so a client cannot hold a connection with CRLFs; however the bytes are split.
+    pytest.param(b"\r\n\r\n" + get(), 400, id="two-empty-lines"),
+    pytest.param(b"\r\n\r\n", 400, id="two-empty-lines-alone"),
+    pytest.param(b"\r\n\r", 400, id="empty-line-then-cr"),
+    pytest.param(b"\r\n\r\n\r\n\r\n" + get(), 400, id="many-empty-lines"),
+    pytest.param(b"\r\r\n" + get(), 400, id="cr-before-empty-line"),
+    pytest.param(b"\n" + get(), 400, id="bare-lf-before-request"),
+    pytest.param(b"\r\n\n" + get(), 400, id="empty-line-then-bare-lf"),
+    pytest.param(b"\r\n \r\n" + get(), 400, id="whitespace-line-before-request"),
+    pytest.param(b"\r\n" + get(version=b"2.0"), 505, id="empty-line-then-bad-version"),
+    pytest.param(b"\r\nFOOBARBAZQUX ", 501, id="empty-line-then-long-method"),
+    pytest.param(b"\r\n" + filler_head(MAX_HEAD + 1), 431, id="empty-line-then-head-over-limit"),
     # Limits: request line (414, RFC 9112 3), head (431, RFC 6585 5), body (413, RFC 9110 15.5.14).
     pytest.param(head(BIG_LINE, b"Host: t"), 414, id="request-line-too-long"),
     pytest.param(BIG_LINE, 414, id="request-line-too-long-incomplete"),
@@ -531,6 +577,53 @@ def test_buffered_and_mid_request() -> None:
     parser.feed(WRK[5:])
     assert parser.next_request() is not None
     assert (parser.buffered, parser.mid_request) == (0, False)
+
+
+def test_lone_cr_waits_for_its_lf() -> None:
+    parser = RequestParser()
+    parser.feed(b"\r")
+    assert parser.next_request() is None  # not refused: a CRLF may follow
+    assert (parser.buffered, parser.mid_request) == (1, True)  # the start of something
+    assert parser.feed(b"\n") is False
+    assert parser.next_request() is None
+    assert (parser.buffered, parser.mid_request) == (0, False)  # skipped: idle again
+    # The request after it begins a new request (its head's clock starts at its first byte).
+    assert parser.feed(WRK) is True
+    request = parser.next_request()
+    assert request is not None and request.path == b"/limit"
+
+
+def test_skipped_empty_line_after_a_body_leaves_the_connection_idle() -> None:
+    parser = RequestParser()
+    parser.feed(post(b"Content-Length: 8") + FORM + b"\r\n")
+    request = parser.next_request()
+    assert request is not None and request.body == FORM
+    assert parser.next_request() is None
+    assert (parser.buffered, parser.mid_request, parser.awaiting_body) == (0, False, False)
+    assert parser.feed(WRK) is True
+    assert parser.next_request() is not None
+    # One per request: the next request may have its own.
+    parser.feed(b"\r\n" + WRK)
+    assert parser.next_request() is not None
+    assert (parser.buffered, parser.mid_request) == (0, False)
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_second_empty_line_between_pipelined_requests_is_refused(way: str) -> None:
+    raw = b"\r\n" + WRK + b"\r\n\r\n" + WRK
+    requests, error, _ = run(split(raw, way))
+    assert [r.path for r in requests] == [b"/limit"]
+    assert error is not None and error.status == 400
+
+
+def test_endless_empty_lines_are_refused_at_the_second() -> None:
+    parser = RequestParser()
+    parser.feed(b"\r\n")
+    assert parser.next_request() is None
+    parser.feed(b"\r\n")
+    with pytest.raises(HttpError) as info:
+        parser.next_request()
+    assert info.value.status == 400
 
 
 def test_pipelined_requests_come_out_one_per_call() -> None:

@@ -62,7 +62,9 @@ def test_access_log_in_the_combined_format(start_server, redis_client: redis.Red
     # The right-most address that is not a trusted proxy: the client could have written the rest.
     ("127.0.0.1,10.0.0.0/8", {"X-Forwarded-For": "6.6.6.6, 203.0.113.9, 10.1.2.3"}, "203.0.113.9"),
     ("10.0.0.1", {"X-Forwarded-For": "203.0.113.7"}, "127.0.0.1"),  # not a trusted peer: ignored
-    ("*", {"X-Forwarded-For": "not-an-address"}, "-"),
+    ("*", {"X-Forwarded-For": "not-an-address"}, "127.0.0.1"),  # not an address: the peer is named
+    # An IPv6 scope id is any text: written into the log it would forge fields.
+    ("127.0.0.1", {"X-Forwarded-For": 'fe80::1%x - - [02/Dec/2026] "DELETE /admin'}, "127.0.0.1"),
     ("127.0.0.1", {}, "127.0.0.1"),
 ])
 def test_forwarded_allow_ips(start_server, tmp_path: Path, allow: str, peer_says: dict[str, str],
