@@ -118,7 +118,7 @@ class Batcher:
         self._waiting = 0
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._gates: dict[str, Gate] = {}
+        self.gates: dict[str, Gate] = {}  # item -> its gate (read on the hot path: see gate())
         self._first_at = 0.0  # when the oldest request waiting arrived
         # Batch ids: unique per process start, so a replayed call is recognised and a
         # new one never mistaken for a replay.
@@ -130,13 +130,15 @@ class Batcher:
         self._warned_at = -1e9
 
     def gate(self, item: str) -> Gate | None:
-        """The gate that answers for this item without Redis now, if any."""
-        gate = self._gates.get(item)
+        """The gate that answers for this item without Redis now, if any. (The purchase
+        route reads `gates` itself, a call less per request; a stale gate stays until it
+        is replaced or asked for here.)"""
+        gate = self.gates.get(item)
         if gate is None:
             return None
         if time.monotonic() < gate[0]:
             return gate
-        del self._gates[item]
+        del self.gates[item]
         return None
 
     def submit(self, item: str, user: bytes, waiter: Waiter) -> bool:
@@ -283,12 +285,12 @@ class Batcher:
         tag, outcomes = reply[3], reply[4]
         gate_until = now + self._gate_interval
         if remaining == 0:  # -1: the sale is not open, nobody looked at the stock
-            self._gates[item] = (gate_until, SOLD_OUT, 0.0)
+            self.gates[item] = (gate_until, SOLD_OUT, 0.0)
         elif outcomes == b"N":
             starts = sent + int(reply[5]) / 1000  # the earliest it can start
-            self._gates[item] = (min(gate_until, starts - START_MARGIN), NOT_STARTED, starts)
+            self.gates[item] = (min(gate_until, starts - START_MARGIN), NOT_STARTED, starts)
         elif outcomes == b"E":
-            self._gates[item] = (gate_until, ENDED, 0.0)
+            self.gates[item] = (gate_until, ENDED, 0.0)
         won, until = WON, 0
         if len(reply) == 6 and outcomes != b"N":
             won, until = HELD, int(reply[5])
