@@ -17,12 +17,18 @@ with times in ms since the epoch (Redis server time) and order ids `<tag>-<seq>`
 `records()` turns an entry into one JSON-ready record per order. Every change happens
 inside one script call together with its stream entry, so the stream never misses or
 repeats an event, and a unit comes back at most once: an order has at most one end.
+
+A user's order lookup (`user_orders`, what a client asks after a 503) is one script call
+that reads the user's live list in the buyers hash, which the admission script keeps in
+every sale: O(1) in the stream's length, so lookups cannot starve purchases (reading
+the stream per lookup could: up to 20,000 entries each).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -121,7 +127,7 @@ end
 return {#seqs, #due}
 """
 
-# A user's live orders, in a sale that lists its buyers. KEYS: sale_keys(). ARGV: user.
+# A user's live orders, from the buyers hash. KEYS: sale_keys(). ARGV: user.
 # Reply: {} for no sale, else {tag, seq, state, hold_until, seq, state, hold_until, ...}
 # (hold_until '' if none).
 LOOKUP_LUA = LUA_HELPERS + r"""
@@ -148,12 +154,17 @@ async def _run(redis: Redis, lua: str, item: str, *args: str | int) -> Any:
     return await redis.register_script(lua)(keys=list(sale_keys(item)), args=list(args))
 
 
+# An order id: `<tag>-<seq>`, or a bare seq. ASCII only (str.isdigit() takes '²', which
+# int() refuses); 16 digits hold any seq below MAX_STOCK.
+_ORDER_ID = re.compile(r"(?:([A-Za-z0-9]+)-)?([0-9]{1,16})")
+
+
 def parse_order(order: str) -> tuple[str, int]:
     """The tag and seq of an order id `<tag>-<seq>` (a bare seq is taken too, tag "")."""
-    tag, _, seq = order.rpartition("-")
-    if not seq.isdigit() or len(seq) > 16 or not tag.isalnum() and tag:
+    match = _ORDER_ID.fullmatch(order)
+    if match is None:
         raise SaleError(f"{order!r} is not an order id like <tag>-<seq>")
-    return tag, int(seq)
+    return match.group(1) or "", int(match.group(2))
 
 
 class OrderError(SaleError):
@@ -183,58 +194,22 @@ async def change_order(redis: Redis, item: str, order: str, action: str) -> dict
     return {"item": item, "order": f"{tag}-{seq}", "seq": seq, "user": user, "state": state}
 
 
-async def user_orders(redis: Redis, item: str, user: str) -> tuple[list[dict[str, Any]], bool] | None:
-    """A user's live orders (won, pending or confirmed), oldest first, and whether that is
-    all of them; None if there is no such sale. A sale that lists its buyers (it has a
-    limit) answers from the list; another is searched, newest first, through at most
-    MAX_SCAN win entries (a flash sale has far fewer; past that, "not all")."""
-    fields: Any = await redis.hmget(sale_key(item), "listed", "tag")
-    listed, tag = fields
-    if tag is None:
+async def user_orders(redis: Redis, item: str, user: str) -> list[dict[str, Any]] | None:
+    """A user's live orders (won, pending or confirmed), oldest first, from the buyers
+    hash; None if there is no such sale. (A sale made by an older version, which listed
+    buyers only under a limit, lists only the wins since.)"""
+    reply = await _run(redis, LOOKUP_LUA, item, user)
+    if not reply:
         return None
-    found: list[tuple[int, str, str | None]] = []  # seq, state, hold_until
-    complete = True
-    if listed:
-        reply = await _run(redis, LOOKUP_LUA, item, user)
-        if not reply:
-            return None
-        found = [(int(reply[i]), reply[i + 1].decode(), iso(reply[i + 2] or None)) for i in range(1, len(reply), 3)]
-    else:
-        found, complete = await _search(redis, item, user)
+    tag = reply[0].decode()
     orders = []
-    for seq, state, until in found:
-        order: dict[str, Any] = {"order": f"{tag.decode()}-{seq}", "seq": seq, "state": state}
-        if until:
-            order["hold_until"] = until
+    for i in range(1, len(reply), 3):
+        seq = int(reply[i])
+        order: dict[str, Any] = {"order": f"{tag}-{seq}", "seq": seq, "state": reply[i + 1].decode()}
+        if reply[i + 2]:
+            order["hold_until"] = iso(reply[i + 2])
         orders.append(order)
-    return orders, complete
-
-
-MAX_SCAN = 20_000  # win entries one lookup reads in a sale that does not list its buyers
-
-
-async def _search(redis: Redis, item: str, user: str) -> tuple[list[tuple[int, str, str | None]], bool]:
-    """A user's live orders found by reading the stream, and whether it was read whole."""
-    hits: list[dict[str, Any]] = []
-    name = user.encode()
-    end, scanned, complete = "+", 0, False
-    while scanned < MAX_SCAN:
-        page = min(500, MAX_SCAN - scanned)
-        entries: Any = await redis.xrevrange(orders_key(item), max=end, count=page)
-        scanned += len(entries)
-        complete = len(entries) < page
-        if not entries:
-            break
-        for entry_id, fields in entries:
-            if fields.get(b"event", b"won") == b"won" and name in fields[b"users"]:  # (cheap test first)
-                hits += [r for r in records(entry_id, fields) if r["user"] == user]
-        end = "(" + entries[-1][0].decode()
-    hits.sort(key=lambda r: r["seq"])
-    if not hits:
-        return [], complete
-    states: Any = await redis.hmget(sale_keys(item).state, [str(r["seq"]) for r in hits])
-    return [(r["seq"], _state(state, r), r.get("hold_until")) for r, state in zip(hits, states, strict=True)
-            if state not in (b"cancelled", b"expired")], complete
+    return orders
 
 
 def _state(stored: bytes | None, win: Mapping[str, Any]) -> str:

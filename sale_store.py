@@ -8,15 +8,25 @@ every script call touches one slot:
                           and counters pending, confirmed, cancelled, expired
   seckill:{item}:orders   stream: what happened, for downstream systems (order_book.py)
   seckill:{item}:buyers   hash: named user -> the seqs of the user's live orders,
-                          space-separated (its length is what per_user limits); kept
-                          for a sale that is `listed`: it has, or once had, a limit
+                          space-separated (its length is what per_user limits; a user's
+                          order lookup reads it); kept in every sale. `listed` says it is
+                          complete: set at create (an older version listed only sales
+                          with a limit, so one of its sales with orders has lists only of
+                          the wins since)
   seckill:{item}:index    zset: each win entry of the stream, scored by its first seq
   seckill:{item}:state    hash: seq -> confirmed | cancelled | expired (none: live)
   seckill:{item}:holds    zset: each win entry with a hold, scored by its deadline (ms)
 
-and every item's name is in the set `seckill:items` (the admin list and the hold
-sweeper read it; it is outside the hash tag, so it is written beside the sale, not in
-the same atomic call).
+and every sale's name is in the set `seckill:items` (the admin list and the hold
+sweepers read it), which is outside every sale's hash tag. On a plain Redis, creating
+and deleting a sale are each one script call that changes the sale and the list
+together, so a sale exists exactly when its name is listed. On a Redis Cluster the list
+lives in another slot and no call can touch both, so each call is followed by the list's
+change, in an order that converges (create: the script, then SADD; delete: the script,
+then SREM, then SADD back if a create won meanwhile): once the calls return, a sale that
+exists is listed; a name whose sale is gone may stay behind, and readers skip it. (A
+client that dies between the two calls leaves the list to the sale's next create, update
+or delete, which each put it right.)
 
 `stock` is the number of units for sale, `sold` how many are taken (a cancelled or
 expired order gives its unit back), `presold` the part sold before this server
@@ -32,12 +42,14 @@ re-seeded the counter and oversold).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 KEY_PREFIX = "seckill:"
 ITEMS_KEY = "seckill:items"
@@ -50,6 +62,11 @@ MAX_STOCK = 10**15  # below 2**53, so Lua's doubles count every unit exactly
 MAX_PER_USER = 1000
 MAX_HOLD_SECONDS = 7 * 24 * 3600  # a week: a hold is for paying, not for storing stock
 BATCH_RESULT_TTL = 60  # seconds a batch's answer is kept for a replay of the same call
+# The times a sale may be given, in UTC once the offset is applied: the last instant every
+# part can print (datetime ends at year 9999: 9999-12-31T23:59:59-01:00 is year 10000 in
+# UTC), and from 2000 on, as no sale starts or ends earlier (an earlier year is a typo).
+EARLIEST_TIME = "2000-01-01T00:00:00Z"
+LATEST_TIME = "9999-12-31T23:59:59.999Z"
 
 # The seed's demo: 100 units with 95 gone, so `ab -c 100 -n 200 /limit` lets 5 win.
 DEMO_ITEM = "limit"
@@ -191,20 +208,24 @@ end
 #    A already holds `per_user` live orders, U no user given where per_user needs one;
 #  - hold_until (ms): the sale holds its wins; each is pending until then.
 # Winners are granted in arrival order and recorded in ONE stream entry, indexed by its
-# first seq (and by its deadline when held). In a `listed` sale a named winner's seq is
-# added to the user's live list, which the limit counts; a sale that never had a limit
-# skips that work (measured: ~1.4 us per winner in Redis, 35 winners a call turn 29 us
-# into 80 us and cost the admission path ~20% at 100 connections). So a limit can be
-# added to a sale only before its first order (UPDATE_LUA), or the lists would be short.
-# The reply is stored under the batch id in
-# the same atomic call, and a call whose batch id is already stored returns that reply
-# and changes nothing: a command resent after a lost reply cannot grant twice. Time is
-# Redis server time, so every worker and host agrees on when a sale starts.
+# first seq (and by its deadline when held). Every named winner's seq is added to the
+# user's live list (the buyers hash), which a limit counts and a user's order lookup
+# reads in O(1) (at most MAX_PER_USER seqs a user in a sale without a limit). The index
+# costs ~1.4 us of Redis time per named winner (measured: 35 named winners a call turn
+# 29 us into 80 us), and winners are bounded by the stock: once it is sold out nobody is
+# listed. Anonymous winners ('') have no list and cost nothing here.
+# A call that grants something stores its reply under the batch id (KEYS[7]) in the
+# same atomic call, and a call whose batch id is already stored returns that reply and
+# changes nothing: a command resent after a lost reply cannot grant twice. A call that
+# grants nothing (not started, ended, all sold out or refused) changes nothing, so it is
+# not stored: a resent one simply runs again (the first run granted nothing to repeat),
+# and a sale that has not started yet costs Redis no key per purchase. Time is Redis
+# server time, so every worker and host agrees on when a sale starts.
 ADMIT_LUA = LUA_HELPERS + r"""
 local done = redis.call('GET', KEYS[7])
 if done then return cjson.decode(done) end
 local sale = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'seq', 'tag', 'per_user',
-                        'starts_at', 'ends_at', 'hold_seconds', 'listed')
+                        'starts_at', 'ends_at', 'hold_seconds')
 if not sale[1] then return {} end
 local now = now_ms()
 local starts, ends = tonumber(sale[6]), tonumber(sale[7])
@@ -220,7 +241,7 @@ else
   local winners, outcomes, lists = {}, '', nil
   if per_user == 0 then
     for i = 1, math.min(#ARGV - 1, remaining) do winners[i] = ARGV[i + 1] end
-    if sale[9] then lists = lists_of(winners) end  -- it had a limit: keep the lists true
+    lists = lists_of(winners)  -- (a user's lookup reads them)
   else
     local users = {}  -- (no unpack: Lua's stack holds ~8000 values, a batch may hold more)
     for i = 2, #ARGV do users[i - 1] = ARGV[i] end
@@ -261,37 +282,38 @@ else
     end
     redis.call('HINCRBY', KEYS[1], 'sold', granted)
     redis.call('HINCRBY', KEYS[1], 'seq', granted)
-    if lists then
-      -- The named winners' live lists, one HSET per 500 winners (a user twice: the
-      -- last value given wins, and it is the whole list).
-      local changes = {}
-      for i, user in ipairs(winners) do
-        local list = lists[user]
-        if list == '' then
-          list = fmt(seq + i)
-        elseif list and (per_user > 0 or length(list) < MAX_PER_USER) then
-          list = list .. ' ' .. fmt(seq + i)
-        end
-        if list then
-          lists[user] = list
-          changes[#changes + 1] = user
-          changes[#changes + 1] = list
-        end
+    -- The named winners' live lists, one HSET per 500 winners (a user twice: the last
+    -- value given wins, and it is the whole list).
+    local changes = {}
+    for i, user in ipairs(winners) do
+      local list = lists[user]
+      if list == '' then
+        list = fmt(seq + i)
+      elseif list and (per_user > 0 or length(list) < MAX_PER_USER) then
+        list = list .. ' ' .. fmt(seq + i)
       end
-      for first = 1, #changes, 1000 do
-        redis.call('HSET', KEYS[3], unpack(changes, first, math.min(first + 999, #changes)))
+      if list then
+        lists[user] = list
+        changes[#changes + 1] = user
+        changes[#changes + 1] = list
       end
     end
+    for first = 1, #changes, 1000 do
+      redis.call('HSET', KEYS[3], unpack(changes, first, math.min(first + 999, #changes)))
+    end
+    redis.call('SET', KEYS[7], cjson.encode(reply), 'EX', BATCH_RESULT_TTL)
   end
 end
-redis.call('SET', KEYS[7], cjson.encode(reply), 'EX', BATCH_RESULT_TTL)
 return reply
 """.replace("BATCH_RESULT_TTL", str(BATCH_RESULT_TTL)).replace("MAX_PER_USER", str(MAX_PER_USER))
 
-# Create a sale unless it exists. KEYS: sale hash. ARGV: stock, presold, per_user,
-# starts_at, ends_at, hold_seconds ('' = none). The tag is Redis server time in base 36
-# (ms), unique per creation in practice. A sale with a limit is `listed` from the start.
+# Create a sale unless it exists. KEYS: sale hash [, the sale list: on a plain Redis, so
+# the sale and its name appear together]. ARGV: stock, presold, per_user, starts_at,
+# ends_at, hold_seconds ('' = none), item. Reply 1 if created, 0 if it existed (its name
+# is listed all the same). The tag is Redis server time in base 36 (ms), unique per
+# creation in practice. Every new sale is `listed`: its buyers are listed from the start.
 CREATE_LUA = r"""
+if KEYS[2] then redis.call('SADD', KEYS[2], ARGV[7]) end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -302,19 +324,20 @@ repeat
   ms = (ms - d) / 36
 until ms == 0
 redis.call('HSET', KEYS[1], 'stock', ARGV[1], 'sold', ARGV[2], 'presold', ARGV[2],
-           'seq', ARGV[2], 'tag', tag, 'created', now[1], 'per_user', ARGV[3])
+           'seq', ARGV[2], 'tag', tag, 'created', now[1], 'per_user', ARGV[3], 'listed', 1)
 for i, field in ipairs({'starts_at', 'ends_at', 'hold_seconds'}) do
   if ARGV[i + 3] ~= '' then redis.call('HSET', KEYS[1], field, ARGV[i + 3]) end
 end
-if tonumber(ARGV[3]) > 0 then redis.call('HSET', KEYS[1], 'listed', 1) end
 return 1
 """
 
-# Change a sale's terms. KEYS: sale hash. ARGV: stock, per_user, starts_at, ends_at,
-# hold_seconds ('' = leave as is, '-' = remove). Refused, changing nothing: -1 if stock
-# would fall below sold, -2 if a limit is added to a sale that has orders and was never
-# listed (nobody listed its buyers). 0 if there is no such sale. Atomic, so a purchase
-# never sees half an update. A new hold_seconds applies to wins from now on.
+# Change a sale's terms. KEYS: sale hash [, the sale list, on a plain Redis]. ARGV:
+# stock, per_user, starts_at, ends_at, hold_seconds ('' = leave as is, '-' = remove),
+# item. Refused, changing nothing: -1 if stock would fall below sold, -2 if a limit is
+# added to a sale that has orders and was never listed (one made by an older version,
+# which listed buyers only under a limit: its lists miss the earlier wins). 0 if there is
+# no such sale. Atomic, so a purchase never sees half an update. A new hold_seconds
+# applies to wins from now on. An updated sale is listed (one made before the list was).
 UPDATE_LUA = r"""
 local sale = redis.call('HMGET', KEYS[1], 'sold', 'seq', 'presold', 'listed')
 if not sale[1] then return 0 end
@@ -327,7 +350,16 @@ for i, field in ipairs({'stock', 'per_user', 'starts_at', 'ends_at', 'hold_secon
   if value == '-' then redis.call('HDEL', KEYS[1], field)
   elseif value ~= '' then redis.call('HSET', KEYS[1], field, value) end
 end
+if KEYS[2] then redis.call('SADD', KEYS[2], ARGV[6]) end
 return 1
+"""
+
+# Delete a sale and all its orders. KEYS: sale_keys() [, the sale list, on a plain
+# Redis]. ARGV: item. Reply: how many of the sale's keys there were (0: no such sale).
+DELETE_LUA = r"""
+local deleted = redis.call('DEL', unpack(KEYS, 1, 6))
+if KEYS[7] then redis.call('SREM', KEYS[7], ARGV[1]) end
+return deleted
 """
 
 
@@ -396,11 +428,28 @@ def _parse_time(name: str, value: object) -> int:
         raise SaleError(f"{name} must be an ISO-8601 time like 2026-11-24T20:00:00Z, or null") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
+    ms = (when - _EPOCH) // _MS  # (exact, and no overflow: astimezone() raises past year 9999)
+    if not _EARLIEST_MS <= ms <= _LATEST_MS:
+        raise SaleError(f"{name} must be from {EARLIEST_TIME} to {LATEST_TIME} (in UTC)")
+    return ms
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_EARLIEST_MS = (datetime.fromisoformat(EARLIEST_TIME) - _EPOCH) // _MS
+_LATEST_MS = (datetime.fromisoformat(LATEST_TIME) - _EPOCH) // _MS
+# What iso() can print at all: datetime's years 1 to 9999.
+_FIRST_PRINTABLE_MS = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MS
+_LAST_PRINTABLE_MS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MS
+
+
+def _on_cluster(redis: Redis) -> bool:
+    """Whether the sale list is in another slot than the sale (see the module's docstring)."""
+    return isinstance(redis, RedisCluster)
 
 
 async def create_sale(redis: Redis, item: str, terms: Terms, sold: int = 0) -> bool:
-    """Create a sale; False if it already exists (it is left untouched)."""
+    """Create a sale and list it; False if it already exists (it is left untouched)."""
     if not valid_item(item):
         raise SaleError(ITEM_RULE)
     if terms.stock is None or NO_BOUND in (terms.starts_at, terms.ends_at):
@@ -409,31 +458,78 @@ async def create_sale(redis: Redis, item: str, terms: Terms, sold: int = 0) -> b
         raise SaleError("sold must be between 0 and stock")
     args = terms.script_args()
     per_user = args.pop(1) or "0"
-    await redis.sadd(ITEMS_KEY, item)  # first: a sale is never missing from the list
-    created = await redis.eval(CREATE_LUA, 1, sale_key(item), args[0], sold, per_user, *args[1:])
+    cluster = _on_cluster(redis)
+    keys = [sale_key(item)] if cluster else [sale_key(item), ITEMS_KEY]
+    created = await redis.eval(CREATE_LUA, len(keys), *keys, args[0], sold, per_user, *args[1:], item)
+    if cluster:  # after the sale, never before: see delete_sale
+        await redis.sadd(ITEMS_KEY, item)
     return bool(created)
 
 
 async def update_sale(redis: Redis, item: str, terms: Terms) -> bool:
     """Change what the terms give; False if there is no such sale. Conflict if the stock
     would fall below what is sold."""
-    done = await redis.eval(UPDATE_LUA, 1, sale_key(item), *terms.script_args())
+    cluster = _on_cluster(redis)
+    keys = [sale_key(item)] if cluster else [sale_key(item), ITEMS_KEY]
+    done = await redis.eval(UPDATE_LUA, len(keys), *keys, *terms.script_args(), item)
     if done == -1:
         raise Conflict("stock cannot go below the units already sold")
     if done == -2:
         raise Conflict("per_user can be added only before the first order (or at create)")
-    if done:
+    if done and cluster:
         await redis.sadd(ITEMS_KEY, item)  # (a sale made before the list existed)
     return bool(done)
 
 
-def iso(ms: bytes | int | None) -> str | None:
-    """ms since the epoch as ISO-8601 UTC: 2026-11-24T20:00:00Z, or ...:00.250Z."""
-    if ms is None:
-        return None
-    ms = int(ms)
-    when = datetime.fromtimestamp(ms / 1000, UTC)
+async def delete_sale(redis: Redis, item: str) -> bool:
+    """Delete a sale and its orders, and unlist it; False if there was none."""
+    cluster = _on_cluster(redis)
+    keys = [*sale_keys(item)] if cluster else [*sale_keys(item), ITEMS_KEY]
+    deleted = await redis.eval(DELETE_LUA, len(keys), *keys, item)
+    if cluster:
+        # Why a sale that exists is listed once the calls return: take the last script
+        # to change the sale. If it is a delete, there is nothing to list. If it is a
+        # create, that create SADDs after it; any SREM after that SADD is a delete's whose
+        # script ran before the create's, and that delete's EXISTS comes after its SREM,
+        # so after the create's script: it sees the sale and SADDs it back. The other way
+        # round is not promised: a create that lost to our script may SADD after our SREM,
+        # leaving a name without a sale, which readers skip (list_sales drops it, a sweep
+        # finds nothing) and the next delete of the name removes.
+        await redis.srem(ITEMS_KEY, item)
+        if await redis.exists(sale_key(item)):
+            await redis.sadd(ITEMS_KEY, item)
+    return bool(deleted)
+
+
+def iso(ms: bytes | str | int | None) -> str | None:
+    """ms since the epoch as ISO-8601 UTC: 2026-11-24T20:00:00Z, or ...:00.250Z. Never
+    raises, for a stored value that parse_terms would refuse (one written by hand or by
+    an older version): a number of ms outside what datetime can print prints as the
+    nearest of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z; a value that is no
+    number prints as None, as the admission script ignores it (Lua's tonumber gives nil)."""
+    if not isinstance(ms, int):
+        ms = None if ms is None else _stored_ms(ms)
+        if ms is None:
+            return None
+    ms = min(max(ms, _FIRST_PRINTABLE_MS), _LAST_PRINTABLE_MS)
+    when = _EPOCH + timedelta(milliseconds=ms)
     return when.isoformat(timespec="milliseconds" if ms % 1000 else "seconds").replace("+00:00", "Z")
+
+
+# A number as Lua's tonumber reads a stored field: an integer, or a decimal with a
+# fraction or an exponent (1.5e12), with blanks around it.
+_STORED_NUMBER = re.compile(r"\s*[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*", re.ASCII)
+
+
+def _stored_ms(raw: bytes | str) -> int | None:
+    """A stored time as whole ms, or None if it is no number."""
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+    if not _STORED_NUMBER.fullmatch(text):
+        return None
+    value = float(text)
+    if math.isinf(value):  # (1e999)
+        return _LAST_PRINTABLE_MS if value > 0 else _FIRST_PRINTABLE_MS
+    return math.floor(value)
 
 
 _STATUS_FIELDS = ("stock", "sold", "presold", "seq", "per_user", "hold_seconds", "pending", "confirmed",
@@ -461,7 +557,7 @@ def _status(item: str, fields: list[Any]) -> dict[str, Any] | None:
         "starts_at": iso(fields[10]),
         "ends_at": iso(fields[11]),
         "tag": (fields[12] or b"").decode(),
-        "listed": fields[13] is not None,  # buyers listed: the sale has, or had, a limit
+        "listed": fields[13] is not None,  # its buyers lists are complete (see the module's docstring)
     }
 
 
@@ -478,10 +574,3 @@ async def list_sales(redis: Redis) -> list[dict[str, Any]]:
             pipe.hmget(sale_key(item), _STATUS_FIELDS)
         rows = await pipe.execute()
     return [status for item, row in zip(items, rows, strict=True) if (status := _status(item, row))]
-
-
-async def delete_sale(redis: Redis, item: str) -> bool:
-    """Delete a sale and its orders; False if there was none."""
-    deleted = await redis.delete(*sale_keys(item))
-    await redis.srem(ITEMS_KEY, item)
-    return bool(deleted)

@@ -471,12 +471,9 @@ class SeckillApp:
         return self._later(conn, mode, request, self._user_orders(item, user), cache=False, route="order")
 
     async def _user_orders(self, item: str, user: str) -> tuple[int, bytes, bytes]:
-        found = await order_book.user_orders(self.redis, item, user)
-        if found is None:
+        orders = await order_book.user_orders(self.redis, item, user)
+        if orders is None:
             return 404, json_body({"result": "unknown_item", "item": item}), b""
-        orders, complete = found
-        if not complete:  # (a huge sale without a limit: say so rather than a wrong 404)
-            return 200, json_body({"item": item, "user": user, "orders": orders, "complete": False}), b""
         if not orders:
             return 404, json_body({"result": "no_order", "item": item, "user": user}), b""
         return 200, json_body({"item": item, "user": user, "orders": orders}), b""

@@ -147,3 +147,92 @@ def test_bad_pagination_is_400(start_server, redis_client: redis.Redis, query: s
     response = admin(server.port, "GET", f"/admin/items/hat/orders?{query}")
     assert response.status == 400
     assert query.split("=")[0] in response.json()["error"] or "query" in response.json()["error"]
+
+
+# Each a bad value of `after` or `limit`: 400 naming the parameter, never a crash.
+BAD_PARAMS = [
+    pytest.param("after=x-%C2%B2", id="after-superscript-two"),  # '²'.isdigit() is true, int('²') raises
+    pytest.param("limit=%C2%B2", id="limit-superscript-two"),
+    pytest.param("after=x-%D9%A1", id="after-arabic-indic-one"),
+    pytest.param("limit=%D9%A1%D9%A0", id="limit-arabic-indic-ten"),
+    pytest.param("after=%2B1", id="after-plus-one"),
+    pytest.param("limit=%2B1", id="limit-plus-one"),
+    pytest.param("limit=+1", id="limit-space-one"),  # (a form's + is a space)
+    pytest.param("after=-1", id="after-minus-one"),
+    pytest.param("limit=-1", id="limit-minus-one"),
+    pytest.param("after=1e3", id="after-exponent"),
+    pytest.param("limit=1e3", id="limit-exponent"),
+    pytest.param("after=", id="after-empty"),
+    pytest.param("limit=", id="limit-empty"),
+    pytest.param("after=x-" + "1" * 19, id="after-19-digits"),
+    pytest.param("limit=" + "1" * 19, id="limit-19-digits"),
+    pytest.param("after=%C3%A9-1", id="after-non-ascii-tag"),
+    pytest.param("limit=%C3%A9", id="limit-non-ascii"),
+    pytest.param("limit=10&limit=20", id="limit-twice"),
+]
+
+
+@pytest.mark.parametrize("query", BAD_PARAMS)
+def test_bad_query_parameters_are_400_naming_them(start_server, redis_client: redis.Redis, query: str) -> None:  # type: ignore[no-untyped-def]
+    create_sale(redis_client, "hat", 5)
+    server = start_server("--admin-token", TOKEN)
+    response = admin(server.port, "GET", f"/admin/items/hat/orders?{query}")
+    assert response.status == 400, response.body
+    assert query.split("=")[0] in response.json()["error"]
+    assert admin(server.port, "GET", "/admin/items/hat/orders?limit=5").status == 200  # still serving
+
+
+def test_json_nested_2000_deep_is_400(start_server, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    server = start_server("--admin-token", TOKEN)
+    for body in (b'{"stock": ' + b"[" * 2000 + b"]" * 2000 + b"}", b"[" * 2000 + b"]" * 2000):
+        response = admin(server.port, "PUT", "/admin/items/hat", raw=body)
+        assert response.status == 400, response.body
+        assert "JSON" in response.json()["error"]
+    assert not redis_client.exists(sale_store.sale_key("hat"))
+    assert admin(server.port, "PUT", "/admin/items/hat", {"stock": 1}).status == 201
+
+
+@pytest.mark.parametrize("when", [
+    pytest.param("9999-12-31T23:59:59-01:00", id="year-10000-in-utc"),
+    pytest.param("9999-12-31T23:59:59.999-00:01", id="a-minute-past-the-end"),
+    pytest.param("+10000-01-01T00:00:00Z", id="five-digit-year"),
+    pytest.param("1999-12-31T23:59:59.999Z", id="before-2000"),
+    pytest.param("2000-01-01T00:30:00+01:00", id="before-2000-in-utc"),
+    pytest.param("0001-01-01T00:00:00+01:00", id="year-0-in-utc"),
+])
+def test_times_out_of_range_are_400_naming_the_field(start_server, redis_client: redis.Redis,  # type: ignore[no-untyped-def]
+                                                     when: str) -> None:
+    server = start_server("--admin-token", TOKEN)
+    for field in ("starts_at", "ends_at"):
+        made = admin(server.port, "PUT", "/admin/items/hat", {"stock": 5, field: when})
+        assert made.status == 400 and made.json()["error"].startswith(f"{field} must be"), made.body
+        assert not redis_client.exists(sale_store.sale_key("hat"))
+    create_sale(redis_client, "cap", 5)
+    for field in ("starts_at", "ends_at"):
+        updated = admin(server.port, "PUT", "/admin/items/cap", {field: when})
+        assert updated.status == 400 and field in updated.json()["error"], updated.body
+    assert admin(server.port, "GET", "/admin/items/cap").json()["ends_at"] is None
+
+
+def test_a_stored_time_out_of_range_still_answers(start_server, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    """A sale whose hash already holds a time nothing can print (an older version took
+    them) answers every read, and can be updated."""
+    year_10000 = b"253402304399000"  # 9999-12-31T23:59:59-01:00
+    create_sale(redis_client, "far", 5)
+    redis_client.hset(sale_store.sale_key("far"), "ends_at", year_10000)
+    create_sale(redis_client, "junk", 5)
+    redis_client.hset(sale_store.sale_key("junk"), mapping={"starts_at": "soon", "ends_at": "-1e999"})
+    server = start_server("--admin-token", TOKEN)
+    port = server.port
+    assert fetch(port, "GET", "/stock/far").json() == {"item": "far", "stock": 5, "sold": 0, "remaining": 5}
+    assert fetch(port, "GET", "/stock/junk").status == 200
+    far = admin(port, "GET", "/admin/items/far")
+    assert far.status == 200 and far.json()["ends_at"] == "9999-12-31T23:59:59.999Z"  # clamped
+    junk = admin(port, "GET", "/admin/items/junk").json()
+    assert (junk["starts_at"], junk["ends_at"]) == (None, "0001-01-01T00:00:00Z")  # no number; clamped
+    listed = admin(port, "GET", "/admin/items").json()["items"]
+    assert [(s["item"], s["ends_at"]) for s in listed] == [
+        ("far", "9999-12-31T23:59:59.999Z"), ("junk", "0001-01-01T00:00:00Z")]
+    updated = admin(port, "PUT", "/admin/items/far", {"stock": 6})
+    assert updated.status == 200 and updated.json()["stock"] == 6
+    assert buy(port, "far", "ann")["result"] == "won"  # the admission script reads it as it did

@@ -95,6 +95,60 @@ def test_admin_commands(redis_client: redis.Redis, redis_server: EmbeddedRedis) 
     assert missing.returncode == 1 and "no sale" in missing.stderr
 
 
+# Times past what every part can print, or before 2000, in UTC once the offset is applied.
+OUT_OF_RANGE_TIMES = [
+    pytest.param("9999-12-31T23:59:59-01:00", id="year-10000-in-utc"),
+    pytest.param("9999-12-31T23:59:59.999-00:01", id="a-minute-past-the-end"),
+    pytest.param("1999-12-31T23:59:59.999Z", id="before-2000"),
+    pytest.param("2000-01-01T00:30:00+01:00", id="before-2000-in-utc"),
+    pytest.param("0001-01-01T00:00:00+01:00", id="year-0-in-utc"),
+]
+
+
+@pytest.mark.parametrize("command", ["create", "update"])
+@pytest.mark.parametrize("when", OUT_OF_RANGE_TIMES)
+def test_times_out_of_range_exit_2_naming_the_field(redis_server: EmbeddedRedis, command: str, when: str) -> None:
+    for flag, field in (("--starts-at", "starts_at"), ("--ends-at", "ends_at")):
+        result = run_cli(command, "hat", "--stock", "5", flag, when, "--redis", redis_server.url)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"seckill-server: error: {field} must be from 2000-"), lines
+
+
+def test_the_range_s_own_bounds_are_taken(redis_client: redis.Redis, redis_server: EmbeddedRedis) -> None:
+    made = run_cli("create", "hat", "--stock", "5", "--starts-at", "2000-01-01T01:00:00+01:00",
+                   "--ends-at", "9999-12-31T23:59:59.999Z", "--redis", redis_server.url)
+    assert made.returncode == 0, made.stderr
+    status = json.loads(made.stdout)
+    assert (status["starts_at"], status["ends_at"]) == ("2000-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z")
+
+
+# Times a sale's hash may hold that parse_terms refuses (written by hand or by an older
+# version), and how they print: clamped to what datetime prints, or null if no number.
+STORED_TIMES = {
+    "far": (b"253402304399000", "9999-12-31T23:59:59.999Z"),  # 9999-12-31T23:59:59-01:00
+    "huge": (b"1e999", "9999-12-31T23:59:59.999Z"),
+    "old": (b"-62135596800001000", "0001-01-01T00:00:00Z"),
+    "junk": (b"tomorrow", None),
+}
+
+
+def test_status_and_list_print_stored_times_out_of_range(redis_client: redis.Redis,
+                                                        redis_server: EmbeddedRedis) -> None:
+    for item, (stored, _) in STORED_TIMES.items():
+        create_sale(redis_client, item, 5)
+        redis_client.hset(sale_store.sale_key(item), mapping={"starts_at": stored, "ends_at": stored})
+    url = ["--redis", redis_server.url]
+    for item, (_, shown) in STORED_TIMES.items():
+        status = run_cli("status", item, *url)
+        assert status.returncode == 0, status.stderr
+        assert (json.loads(status.stdout)["starts_at"], json.loads(status.stdout)["ends_at"]) == (shown, shown)
+    listed = run_cli("list", *url)
+    assert listed.returncode == 0, listed.stderr
+    assert {s["item"]: s["ends_at"] for s in map(json.loads, listed.stdout.splitlines())} == {
+        item: shown for item, (_, shown) in STORED_TIMES.items()}
+
+
 def test_embedded_redis_is_started_and_stopped(tmp_path) -> None:
     """No --redis and nothing on 6379: the server runs its own redis-server with AOF."""
     from redis_runner import answers

@@ -241,7 +241,7 @@ def test_cli_and_api_refuse_alike(redis_client: redis.Redis, redis_server, start
     assert not redis_client.exists(sale_store.sale_key("hat"))
 
 
-@pytest.mark.parametrize("per_user", [0, 3])  # 0: found by reading the stream; 3: from the buyers list
+@pytest.mark.parametrize("per_user", [0, 3])  # with a limit or without, from the buyers list
 def test_lookup_shows_live_orders_only(start_server, redis_client: redis.Redis, per_user: int) -> None:  # type: ignore[no-untyped-def]
     create_sale(redis_client, "hat", 10, per_user=per_user)
     server = start_server("--admin-token", TOKEN)
@@ -252,24 +252,42 @@ def test_lookup_shows_live_orders_only(start_server, redis_client: redis.Redis, 
     found = fetch(port, "GET", "/seckill/hat/order?user=ann").json()
     assert [o["order"] for o in found["orders"]] == [mine[0], mine[2]]
     assert "complete" not in found
-    assert status(redis_client, "hat").get("listed", 0) == (1 if per_user else 0)
+    assert status(redis_client, "hat")["listed"] == 1  # every new sale lists its buyers
 
 
-def test_a_search_past_its_bound_says_it_is_not_complete(redis_server, redis_client: redis.Redis,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    create_sale(redis_client, "hat", 10)
-    for n, user in enumerate(["ann", "bob", "bob", "bob"]):
-        admit(redis_client, "hat", f"b{n}", [user])  # one stream entry each
-    monkeypatch.setattr(order_book, "MAX_SCAN", 2)
+def test_a_win_older_than_20000_entries_is_found(start_server, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    """A sale without a limit: the lookup reads the buyers hash, however long the stream
+    (a version that searched the stream gave up after 20,000 entries)."""
+    create_sale(redis_client, "hat", 30_000)
+    first = admit(redis_client, "hat", "first", ["ann"])
+    sha = redis_client.script_load(sale_store.ADMIT_LUA)
+    with redis_client.pipeline(transaction=False) as pipe:
+        for n in range(20_001):  # one stream entry each
+            keys = sale_store.admit_keys("hat", f"b{n}")
+            pipe.evalsha(sha, len(keys), *keys, f"b{n}", "" if n % 2 else f"u{n}")
+        pipe.execute()
+    assert redis_client.xlen(sale_store.orders_key("hat")) == 20_002
+    server = start_server()
+    found = fetch(server.port, "GET", "/seckill/hat/order?user=ann")
+    assert found.status == 200, found.body
+    assert found.json() == {"item": "hat", "user": "ann",
+                            "orders": [{"order": f"{first[3].decode()}-1", "seq": 1, "state": "won"}]}
+    assert fetch(server.port, "GET", "/seckill/hat/order?user=u20000").json()["orders"][0]["seq"] == 20_002
+    assert fetch(server.port, "GET", "/seckill/hat/order?user=nobody").status == 404
 
-    async def lookup(user: str) -> Any:
+
+def test_one_user_s_list_is_bounded_in_a_sale_without_a_limit(redis_server, redis_client: redis.Redis) -> None:
+    create_sale(redis_client, "hat", 2000)
+    reply = admit(redis_client, "hat", "b1", ["ann"] * (sale_store.MAX_PER_USER + 5))
+    assert int(reply[0]) == sale_store.MAX_PER_USER + 5  # every one wins: there is no limit
+    listed = redis_client.hget(sale_store.sale_keys("hat").buyers, "ann")
+    assert [int(s) for s in listed.split()] == list(range(1, sale_store.MAX_PER_USER + 1))  # the first 1000
+
+    async def lookup() -> Any:
         client = aioredis.Redis.from_url(redis_server.url)
         try:
-            return await order_book.user_orders(client, "hat", user)
+            return await order_book.user_orders(client, "hat", "ann")
         finally:
             await client.aclose()
 
-    ann, complete = asyncio.run(lookup("ann"))  # the oldest entry: beyond the bound
-    assert (ann, complete) == ([], False)
-    bob, complete = asyncio.run(lookup("bob"))
-    assert [o["seq"] for o in bob] == [3, 4] and not complete  # the two newest, and "not all"
+    assert len(asyncio.run(lookup())) == sale_store.MAX_PER_USER

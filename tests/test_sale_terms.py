@@ -92,6 +92,32 @@ def test_sold_out_gate_never_hides_not_started(start_server, redis_client: redis
     server = start_server()
     for _ in range(3):
         assert fetch(server.port, "GET", "/seckill/hat?user=a").json()["result"] == "not_started"
+    assert redis_client.keys("seckill:{hat}:batch:*") == []  # nothing granted, nothing stored
+
+
+def test_calls_that_grant_nothing_store_no_batch_key(redis_client: redis.Redis) -> None:
+    """Before the start, after the end, sold out or all refused: the call changed nothing,
+    so nothing is kept for a replay (it may simply run again). A call that granted keeps
+    its reply, and its replay grants nothing twice."""
+    create_sale(redis_client, "early", 10, starts_at=now_ms() + 60_000)
+    create_sale(redis_client, "late", 10, ends_at=now_ms() - 1000)
+    create_sale(redis_client, "gone", 1)
+    create_sale(redis_client, "once", 5, per_user=1)
+    granted = admit(redis_client, "gone", "g0", ["a"])
+    assert int(granted[0]) == 1
+    assert int(admit(redis_client, "once", "o0", ["a"])[0]) == 1
+    for n in range(50):
+        assert admit(redis_client, "early", f"e{n}", ["a", ""])[4] == b"N"
+        assert admit(redis_client, "late", f"l{n}", ["a"])[4] == b"E"
+        assert int(admit(redis_client, "gone", f"g{n + 1}", ["b", "c"])[0]) == 0
+        assert admit(redis_client, "once", f"o{n + 1}", ["a", "a"])[4] == b"AA"
+    assert sorted(redis_client.scan_iter("seckill:{*}:batch:*")) == [
+        sale_store.batch_key("gone", "g0").encode(), sale_store.batch_key("once", "o0").encode()]
+    # A replay of a call that granted nothing runs again; of one that granted, returns its reply.
+    assert admit(redis_client, "early", "e0", ["a", ""])[4] == b"N"
+    assert admit(redis_client, "gone", "g0", ["a"]) == granted
+    assert len(stream_orders(redis_client, "gone")) == 1
+    assert redis_client.hget(sale_store.sale_key("gone"), "sold") == b"1"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -131,13 +157,21 @@ def test_a_batch_larger_than_luas_stack(redis_client: redis.Redis) -> None:
     assert redis_client.hlen(sale_store.sale_keys("hat").buyers) == 8000
 
 
-def test_a_limit_is_added_only_before_the_first_order(redis_client: redis.Redis, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_a_limit_is_added_to_an_unlisted_sale_only_before_its_first_order(redis_client: redis.Redis,  # type: ignore[no-untyped-def]
+                                                                         redis_server) -> None:
+    """Every new sale lists its buyers; one made by an older version (no `listed`) that has
+    orders has lists missing its earlier wins, so a limit would undercount: refused."""
     url = ["--redis", redis_server.url]
-    create_sale(redis_client, "hat", 10)
-    create_sale(redis_client, "cap", 10)
+    for item in ("hat", "cap", "new"):
+        create_sale(redis_client, item, 10)
+    for item in ("hat", "cap"):
+        redis_client.hdel(sale_store.sale_key(item), "listed")  # as an older version made them
     assert int(admit(redis_client, "hat", "b1", ["a"])[0]) == 1
     refused = run_cli("update", "hat", "--per-user", "1", *url)
     assert refused.returncode == 1 and "before the first order" in refused.stderr
+    assert int(admit(redis_client, "new", "b1", ["a"])[0]) == 1
+    assert run_cli("update", "new", "--per-user", "1", *url).returncode == 0  # listed from the start
+    assert admit(redis_client, "new", "b2", ["a", "b"])[4] == b"AW"
     assert run_cli("update", "cap", "--per-user", "1", *url).returncode == 0
     assert admit(redis_client, "cap", "b1", ["a", "a"])[4] == b"WA"
     # Lifting the limit keeps the lists, so putting it back is exact.
