@@ -3,7 +3,9 @@
 
 A request body is at most `protocol.MAX_BODY` bytes, but JSON that nests a thousand
 levels deep makes the decoder recurse past Python's limit (`RecursionError`), so its
-depth is bounded before it is decoded. Query strings and forms go through `parse_qsl`
+depth is bounded before it is decoded. JSON is UTF-8 only (RFC 8259 8.1) and strictly
+JSON: `json.loads(bytes)` would also take UTF-16/32, UTF-8-encoded surrogates
+(`surrogatepass`) and NaN/Infinity. Query strings and forms go through `parse_qsl`
 in strict mode; admin numbers are ASCII digits only (`'²'.isdigit()` is true, and
 `int('²')` raises).
 """
@@ -21,8 +23,10 @@ from protocol import HttpError
 # Bounds the decoder's recursion, far below Python's limit of ~1000 frames.
 MAX_JSON_DEPTH = 32
 
-# A JSON string (so that brackets inside strings do not count), or a bracket.
-_STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+# A JSON string (so that brackets inside strings do not count), or a bracket. DOTALL: an
+# escaped newline (invalid, refused by the decoder) must not end the string early and
+# shift every later string boundary; unrolled ([^"\\]* runs) to stay linear and quick.
+_STRING_OR_BRACKET = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only; 18 digits stay below 2**63
 
 
@@ -38,9 +42,14 @@ def json_value(body: bytes) -> Any:
         elif char in (b"]", b"}"):
             depth -= 1
     try:
-        return json.loads(body)
+        # utf-8-sig: strict UTF-8, a leading BOM ignored (RFC 8259 8.1 allows that much).
+        return json.loads(body.decode("utf-8-sig"), parse_constant=_not_json)
     except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
         raise HttpError(400, "the body is not valid JSON") from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def form_pairs(data: bytes, blanks: bool = False) -> list[tuple[str, str]]:

@@ -203,9 +203,8 @@ class ProxyTrust:
         if self.everyone:
             return True
         mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-        # (`in` compares integers across versions: 1.2.3.4 would be "in" ::/96.)
-        return any(net.version == ip.version and ip in net
-                   or mapped is not None and net.version == 4 and mapped in net for net in self.networks)
+        forms = (ip,) if mapped is None else (ip, mapped)
+        return any(form in net for form in forms for net in self.networks)
 
     def client(self, peer: str, forwarded_for: bytes | None, real_ip: bytes | None) -> str:
         """The client's address: the peer's, unless a trusted proxy says otherwise. In
@@ -215,14 +214,15 @@ class ProxyTrust:
         if not (peer == "unix" or self.trusts(peer)):
             return peer
         if forwarded_for:
-            hops = [h.strip() for h in forwarded_for.decode("latin-1").split(",") if h.strip()]
+            # OWS is SP and HTAB (RFC 9110 5.6.3); str.strip() would take NBSP (0xa0) too.
+            hops = [h.strip(" \t") for h in forwarded_for.decode("latin-1").split(",") if h.strip(" \t")]
             for hop in reversed(hops):
                 if not self.trusts(hop):
                     return _address(hop) or peer
             if hops:
                 return _address(hops[0]) or peer
         if real_ip:
-            return _address(real_ip.decode("latin-1").strip()) or peer
+            return _address(real_ip.decode("latin-1").strip(" \t")) or peer
         return peer
 
 

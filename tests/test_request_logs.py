@@ -65,6 +65,7 @@ def test_access_log_in_the_combined_format(start_server, redis_client: redis.Red
     ("*", {"X-Forwarded-For": "not-an-address"}, "127.0.0.1"),  # not an address: the peer is named
     # An IPv6 scope id is any text: written into the log it would forge fields.
     ("127.0.0.1", {"X-Forwarded-For": 'fe80::1%x - - [02/Dec/2026] "DELETE /admin'}, "127.0.0.1"),
+    ("127.0.0.1", {"X-Real-IP": 'fe80::1%x - - [02/Dec/2026] "DELETE /admin'}, "127.0.0.1"),
     ("127.0.0.1", {}, "127.0.0.1"),
 ])
 def test_forwarded_allow_ips(start_server, tmp_path: Path, allow: str, peer_says: dict[str, str],
@@ -75,6 +76,132 @@ def test_forwarded_allow_ips(start_server, tmp_path: Path, allow: str, peer_says
     assert server.stop() == 0
     entry = COMBINED.fullmatch(lines(log)[0])
     assert entry is not None and entry["client"] == logged
+
+
+# What a forwarded address may be: a plain IPv4 or IPv6 address. ipaddress itself takes an
+# IPv6 scope id of any text and prints it back, which would write into the log's client field.
+NOT_PLAIN = [
+    pytest.param('fe80::1%x - - [25/Nov/2026:04:41:38 +0000] "DELETE /admin HTTP/1.1" 200',
+                 id="scope-id-fake-log-line"),
+    pytest.param("fe80::1%eth0", id="scope-id-interface"),
+    pytest.param("fe80::1%1", id="scope-id-number"),
+    pytest.param("fe80::1%a b", id="scope-id-space"),
+    pytest.param('fe80::1%"', id="scope-id-quote"),
+    pytest.param("fe80::1%]", id="scope-id-bracket"),
+    pytest.param("fe80::1%[x]", id="scope-id-brackets"),
+    pytest.param("fe80::1%25eth0", id="scope-id-percent-encoded"),
+    pytest.param("fe80::1%2520", id="scope-id-percent-encoded-space"),
+    pytest.param("fe80::1%0a", id="scope-id-encoded-newline"),
+    pytest.param("fe80::1%\n127.0.0.1", id="scope-id-newline"),
+    pytest.param("::ffff:1.2.3.4%x", id="scope-id-on-ipv4-mapped"),
+    pytest.param("[2001:db8::1]", id="ipv6-in-brackets"),
+    pytest.param("[2001:db8::1]:443", id="ipv6-with-port"),
+    pytest.param("203.0.113.7:5678", id="ipv4-with-port"),
+    pytest.param("not-an-address", id="garbage"),
+    pytest.param("unknown", id="nginx-unknown"),
+    pytest.param("unix", id="unix"),
+    pytest.param("*", id="asterisk"),
+    pytest.param("-", id="dash"),
+    pytest.param("203.0.113.7 foo", id="address-then-text"),
+    pytest.param("203.0.113.7\x0b", id="address-then-vertical-tab"),
+    pytest.param("203.0.113.7\xa0", id="address-then-nbsp"),  # obs-text, which the parser lets by
+    pytest.param("\x85203.0.113.7", id="nel-then-address"),
+    pytest.param("203.0.113.007", id="ipv4-leading-zeros"),
+    pytest.param("203.0.113", id="ipv4-three-parts"),
+    pytest.param("203.0.113.256", id="ipv4-octet-over-255"),
+    pytest.param("3405803783", id="ipv4-as-integer"),
+    pytest.param("0xcb.0.113.7", id="ipv4-hex-octet"),
+    pytest.param("\u0662\u0660\u0663.0.113.7", id="arabic-indic-digits"),
+    pytest.param("２０３.0.113.7", id="fullwidth-digits"),
+    pytest.param("2001:db8::1::2", id="ipv6-two-double-colons"),
+    pytest.param("2001:db8:" + "0:" * 40 + "1", id="ipv6-too-long"),
+    pytest.param("::ffff:1.2.3.4.5", id="ipv4-mapped-five-parts"),
+]
+
+
+def as_header(text: str) -> bytes:
+    """The bytes a header would carry: latin-1 as the server decodes them, else UTF-8."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
+
+
+@pytest.mark.parametrize("bad", NOT_PLAIN)
+@pytest.mark.parametrize("header", ["x-forwarded-for", "x-real-ip"])
+def test_a_forwarded_value_that_is_not_a_plain_address_names_the_peer(bad: str, header: str) -> None:
+    trust = request_logs.ProxyTrust("127.0.0.1")
+    raw = as_header(bad)
+    got = trust.client("127.0.0.1", raw if header == "x-forwarded-for" else None,
+                       raw if header == "x-real-ip" else None)
+    assert got == "127.0.0.1"
+
+
+@pytest.mark.parametrize("bad", NOT_PLAIN)
+def test_a_value_that_is_not_a_plain_address_is_never_a_trusted_proxy(bad: str) -> None:
+    for spec in ("*", "0.0.0.0/0,::/0", "fe80::/10,127.0.0.1"):
+        assert not request_logs.ProxyTrust(spec).trusts(bad)
+
+
+@pytest.mark.parametrize("bad", NOT_PLAIN)
+def test_a_right_most_hop_that_is_not_plain_names_the_peer_not_a_hop_before_it(bad: str) -> None:
+    # What precedes the hop our proxy wrote could be the client's own text.
+    trust = request_logs.ProxyTrust("127.0.0.1,10.0.0.0/8")
+    forwarded = b"203.0.113.9, " + as_header(bad) + b", 10.1.2.3"
+    assert trust.client("10.0.0.5", forwarded, None) == "10.0.0.5"
+    assert request_logs.ProxyTrust("*").client("10.0.0.5", forwarded, None) == "10.0.0.5"
+
+
+@pytest.mark.parametrize(("given", "logged"), [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:DB8::1", "2001:db8::1"),  # as ipaddress writes it: lower case, compressed
+    ("2001:0db8:0000:0000:0000:0000:0000:0001", "2001:db8::1"),
+    ("fe80::1", "fe80::1"),
+    ("::1", "::1"),
+    # IPv4-mapped: the IPv4 client of a dual-stack proxy, logged as IPv4 (the same text on
+    # every Python: 3.11 writes ::ffff:203.0.113.7 as ::ffff:cb00:7107).
+    ("::ffff:203.0.113.7", "203.0.113.7"),
+    ("::FFFF:203.0.113.7", "203.0.113.7"),
+    ("::ffff:cb00:7107", "203.0.113.7"),
+    ("0:0:0:0:0:ffff:203.0.113.7", "203.0.113.7"),
+    ("0000:0000:0000:0000:0000:ffff:255.255.255.255", "255.255.255.255"),  # the longest text
+    ("::203.0.113.7", "::cb00:7107"),  # IPv4-compatible (deprecated), not mapped: IPv6
+])
+def test_a_plain_forwarded_address_is_logged_as_ipaddress_writes_it(given: str, logged: str) -> None:
+    trust = request_logs.ProxyTrust("127.0.0.1")
+    assert trust.client("127.0.0.1", given.encode(), None) == logged
+    assert trust.client("127.0.0.1", b"\t" + given.encode() + b" ", None) == logged
+    assert trust.client("127.0.0.1", None, b" " + given.encode() + b" ") == logged
+
+
+@pytest.mark.parametrize(("spec", "peer", "trusted"), [
+    ("127.0.0.1", "127.0.0.1", True),
+    ("127.0.0.1", "127.0.0.2", False),
+    # A dual-stack socket's IPv4 peer (Linux drops IPv4-mapped sources from the wire).
+    ("127.0.0.1", "::ffff:127.0.0.1", True),
+    ("10.0.0.0/8", "::ffff:10.1.2.3", True),
+    ("10.0.0.0/8", "::ffff:11.1.2.3", False),
+    ("::ffff:127.0.0.1/128", "::ffff:127.0.0.1", True),
+    ("::/0", "127.0.0.1", False),  # a network of one version holds no address of the other
+    ("0.0.0.0/0", "::1", False),
+    ("fe80::/10", "fe80::1", True),
+    ("fe80::/10", "fe80::1%eth0", False),  # scoped: never trusted
+    ("*", "fe80::1%eth0", False),
+    ("*", "203.0.113.7", True),
+    ("*", "::ffff:203.0.113.7", True),
+])
+def test_trusts(spec: str, peer: str, trusted: bool) -> None:
+    assert request_logs.ProxyTrust(spec).trusts(peer) is trusted
+
+
+def test_an_untrusted_peer_is_named_whatever_it_forwards() -> None:
+    trust = request_logs.ProxyTrust("127.0.0.1")
+    assert trust.client("203.0.113.1", b"198.51.100.1", b"198.51.100.2") == "203.0.113.1"
+    assert trust.client("fe80::1%eth0", b"198.51.100.1", None) == "fe80::1%eth0"  # the kernel's text
+    # A unix-socket peer is our nginx: trusted; what it forwards must still be plain.
+    assert trust.client("unix", b"198.51.100.1", None) == "198.51.100.1"
+    assert trust.client("unix", b"fe80::1%x", None) == "unix"
+    assert trust.client("unix", b"", b"") == "unix"
 
 
 @pytest.mark.slow
