@@ -65,6 +65,17 @@ def _own_tree() -> float:
     return total
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU-seconds used so far by process `pid` and its live descendants (and reaped ones)."""
+    children = _children_of()
+    total, stack = 0.0, [pid]
+    while stack:
+        pid = stack.pop()
+        total += _process_cpu(pid)
+        stack.extend(children.get(pid, []))
+    return total
+
+
 def _per_cpu() -> list[tuple[int, int]]:
     """(busy, total) jiffies of each CPU since boot; busy counts interrupts too."""
     out = []

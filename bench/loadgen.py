@@ -17,7 +17,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 USERS_SCRIPT = Path(__file__).resolve().parent / "users.lua"
@@ -77,6 +80,29 @@ def wrk_command(url: str, *, threads: int, connections: int, duration: float,
 
 def run_wrk(argv: list[str], duration: float) -> LoadResult:
     return parse_wrk(_run(argv, duration + GRACE), argv)
+
+
+def run_wrk_until(argv: list[str], duration: float, done: Callable[[], bool],
+                  interval: float = 0.002) -> LoadResult:
+    """wrk, stopped early with SIGINT as soon as `done()` (called every `interval` s while
+    it runs) is true; wrk then prints its report for the time it ran, as at its -d. argv
+    may start with taskset, which execs wrk: the signal reaches wrk itself."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + duration + GRACE
+        while process.poll() is None and time.monotonic() < deadline:
+            if done():
+                process.send_signal(signal.SIGINT)
+                break
+            time.sleep(interval)
+        output, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if process.poll() is None:  # a timeout, or Ctrl-C here
+            process.kill()
+            process.wait()
+    if process.returncode != 0 and "Requests" not in output:
+        raise LoadError(f"{argv[0]} exited {process.returncode}: {output.strip()[-300:]}")
+    return parse_wrk(output, argv)
 
 
 def _ms(value: str, unit: str) -> float:

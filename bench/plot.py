@@ -25,9 +25,12 @@ NAMES = {
     "c": "(c) seed: Flask, gunicorn",
     "d": "(d) nginx return 200",
     "e": "(e) admission, --no-metrics",
+    "f": "(f) bounded stock, until sold out",
+    "g": "(g) bounded stock, sold out",
 }
 LOADS = {"wrk": "distinct users", "wrk1": "one URL", "ab": "ab, no keep-alive"}
-COLOURS = {"a": "#1f77b4", "b": "#6baed6", "c": "#d62728", "d": "#7f7f7f", "e": "#2ca02c"}
+COLOURS = {"a": "#1f77b4", "b": "#6baed6", "c": "#d62728", "d": "#7f7f7f", "e": "#2ca02c",
+           "f": "#9467bd", "g": "#c5b0d5"}
 DPI = 110
 
 

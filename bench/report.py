@@ -2,7 +2,8 @@
 
 run.py fills a `Findings`; `render()` turns it into bench/RESULTS.md: machine, the table
 (req/s, p50/p99, ratios to nginx and to the seed measured with the same tool), Redis
-round trips, the connection sweep, metrics on against off, the exactness checks, the
+round trips, the connection sweep, a sale of bounded stock run by run, metrics on against
+off, order lookups beside purchases (bench/lookup_cost.py), the exactness checks, the
 targets, the profile, the exact commands. `to_json()` / `from_json()` keep the findings
 whole beside it (bench/results.json), so the picture (plot.py) can be redrawn without a
 new run. `pinning_report()` renders the pinning experiment's rounds into bench/PINNING.md.
@@ -25,6 +26,8 @@ CONTENDERS = {
     "c": "(c) seed: Flask, gunicorn -k gevent -w 4",
     "d": "(d) nginx `return 200`",
     "e": "(e) seckill, admission, metrics off (`--no-metrics`)",
+    "f": "(f) seckill, a sale of bounded stock: admission until sold out",
+    "g": "(g) seckill, the same sale once sold out",
 }
 LOADS = {"wrk": "wrk, keep-alive, distinct users", "wrk1": "wrk, keep-alive, one URL",
          "ab": "ab, no keep-alive"}
@@ -64,6 +67,70 @@ class Exactness:
 
 
 @dataclasses.dataclass
+class SaleRun:
+    """One run of (f) and (g): a fresh sale of `stock` units bought by distinct users, wrk
+    stopped (SIGINT) as soon as Redis's `sold` reaches the stock, then wrk on the sold-out
+    sale."""
+
+    stock: int
+    sellout_s: float | None  # Redis's sold going from `first_seen` to the stock, sampled
+    first_seen: int  # sold at the first sample that saw a unit sold
+    samples: int  # reads of sold during the admission run
+    admission: LoadResult
+    sold_out: LoadResult | None
+    sold: int  # Redis after the run (`seckill_server.py status`)
+    orders: int
+    admission_rt: float | None = None  # evalsha calls per answered request
+    sold_out_rt: float | None = None
+
+    @property
+    def units_per_s(self) -> float | None:
+        if not self.sellout_s:
+            return None
+        return (self.stock - self.first_seen) / self.sellout_s
+
+    @property
+    def exact(self) -> bool:
+        return self.sold == self.stock and self.orders == self.stock
+
+
+@dataclasses.dataclass
+class LookupRound:
+    """One round of bench/lookup_cost.py: purchases alone, and beside the order lookups."""
+
+    alone: LoadResult
+    beside: LoadResult
+    lookups: LoadResult  # the lookups' own wrk, run alongside `beside`
+
+
+@dataclasses.dataclass
+class LookupCost:
+    """bench/lookup_cost.py's finding: purchases of one sale while 20 connections look up
+    orders in another, big sale, against the same purchases alone."""
+
+    units: int  # the big sale's units, all sold
+    entries: int  # the stream entries they were sold in
+    seconds: float
+    connections: int  # the purchases' wrk
+    lookup_connections: int
+    rounds: list[LookupRound] = dataclasses.field(default_factory=list)
+    bound: float = 0.5  # target: purchases beside the lookups keep at least this share
+    skipped: str = ""
+
+    def medians(self) -> tuple[float, float, float] | None:
+        """(purchases alone, purchases beside the lookups, lookups) req/s, medians."""
+        if not self.rounds:
+            return None
+        return (statistics.median(r.alone.rps for r in self.rounds),
+                statistics.median(r.beside.rps for r in self.rounds),
+                statistics.median(r.lookups.rps for r in self.rounds))
+
+    def ratio(self) -> float | None:
+        medians = self.medians()
+        return medians[1] / medians[0] if medians and medians[0] else None
+
+
+@dataclasses.dataclass
 class Profile:
     path: str
     samples: int
@@ -84,6 +151,8 @@ class Findings:
     sweep: list[Row] = dataclasses.field(default_factory=list)  # req/s against connections
     exactness: list[Exactness] = dataclasses.field(default_factory=list)
     profile: Profile | None = None
+    sale: list[SaleRun] = dataclasses.field(default_factory=list)  # the runs of (f) and (g)
+    lookup: LookupCost | None = None
     commands: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -184,6 +253,9 @@ def targets(findings: Findings) -> list[tuple[str, str, bool | None]]:
         (f"admission with metrics on ≥ {METRICS_BOUND:g}× metrics off (wrk, one URL)",
          findings.metrics_ratio(), METRICS_BOUND, True),
     ]
+    if findings.lookup is not None:
+        checks.append((f"purchases beside order lookups in a big sale ≥ {findings.lookup.bound:g}× "
+                       "alone", findings.lookup.ratio(), findings.lookup.bound, True))
     out: list[tuple[str, str, bool | None]] = []
     for label, value, bound, at_least in checks:
         if value is None:
@@ -258,6 +330,104 @@ def metrics_section(findings: Findings) -> str:
     )
 
 
+def _sold(result: LoadResult | None, rt: float | None) -> str:
+    if result is None:
+        return "– | – | – | –"
+    return f"{_num(result.rps)} | {_num(result.p50_ms, 2)} | {_num(result.p99_ms, 2)} | {_num(rt, 4)}"
+
+
+def sale_section(findings: Findings) -> str:
+    """(f) and (g) run by run: the time to sell out, both phases, Redis's count."""
+    runs = findings.sale
+    if not runs:
+        return "Not run."
+    lines = [
+        "| run | stock | sold out in (Redis) | units/s (Redis) | admission req/s | p50 ms | p99 ms "
+        "| round trips/req | admission requests | sold-out req/s | p50 ms | p99 ms | round trips/req "
+        "| sold, orders (Redis) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for index, run in enumerate(runs, 1):
+        seconds = "did not sell out" if run.sellout_s is None else f"{run.sellout_s:.3f} s"
+        lines.append(
+            f"| {index} | {run.stock:,} | {seconds} | {_num(run.units_per_s)} "
+            f"| {_sold(run.admission, run.admission_rt)} | {run.admission.requests:,} "
+            f"| {_sold(run.sold_out, run.sold_out_rt)} "
+            f"| {run.sold:,}, {run.orders:,} {'(exact)' if run.exact else '**(not the stock)**'} |")
+    stock = runs[0].stock
+    return (
+        "\n".join(lines) + "\n\n"
+        f"A realistic sale: {stock:,} units, bought by distinct users (wrk -s bench/users.lua, a "
+        "distinct `?user=` per request), a fresh sale per run. (f), admission: wrk is started "
+        "on the new sale and stopped with SIGINT as soon as Redis's `sold` reaches the stock; "
+        "a poller (on the load generator's CPU) reads `sold` every ~2 ms meanwhile. \"sold out "
+        "in\" is Redis's own clock of the sale, from the first read that saw a unit sold to "
+        "the first that saw them all, and units/s the units sold between those two reads over "
+        "that time. Every admission request wins (distinct users, no limit), so units/s is "
+        "the admission's req/s, and it is what the main table's (f) row gives as req/s. wrk's "
+        "own req/s for the run (\"admission req/s\" here) is a little higher: wrk stops on "
+        "its 100 ms tick, so its last tens of milliseconds are fast sold-out answers (its "
+        "non-2xx in the main table); its p50, p99 and the round trips per request include "
+        "them too. The admission lasts about a second at these rates: short, but timed by "
+        "Redis to a few milliseconds (`--sale-stock` makes it longer). (g), sold out: then "
+        "wrk for the rows' full duration on the same, now sold-out sale (its sold-out gate "
+        "armed by the sale itself, not by a stock-0 sale as in (b)). Unlike (a), where every "
+        "request of the run is a winner (stock 10¹²) and pays what an admission costs per "
+        "winner, here the winners are bounded by the stock: a real sale's crowd spends "
+        "most of its requests in (g). The main table holds the median run of each."
+    )
+
+
+def lookup_table(lookup: LookupCost) -> str:
+    lines = ["| round | purchases alone req/s | p99 ms | purchases beside lookups req/s | p99 ms "
+             "| ratio | lookups req/s | lookups p50 ms | lookups p99 ms | lookups non-2xx, errors "
+             "| other CPU | CPUs busy (beside) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for index, r in enumerate(lookup.rounds, 1):
+        ratio = r.beside.rps / r.alone.rps if r.alone.rps else None
+        other = max(r.alone.foreign_cpu or 0.0, r.beside.foreign_cpu or 0.0)
+        lines.append(
+            f"| {index} | {_num(r.alone.rps)} | {_num(r.alone.p99_ms, 2)} | {_num(r.beside.rps)} "
+            f"| {_num(r.beside.p99_ms, 2)} | {_num(ratio, 3)} | {_num(r.lookups.rps, 1)} "
+            f"| {_num(r.lookups.p50_ms, 1)} | {_num(r.lookups.p99_ms, 1)} "
+            f"| {r.lookups.non2xx:,}, {r.lookups.errors:,} | {other:.2f} | {_busy(r.beside.cpu_busy)} |")
+    return "\n".join(lines)
+
+
+def lookup_summary(lookup: LookupCost) -> str:
+    medians, ratio = lookup.medians(), lookup.ratio()
+    if medians is None or ratio is None:
+        return "no round measured"
+    alone, beside, lookups = medians
+    verdict = "**yes**" if ratio >= lookup.bound else "**no**"
+    return (f"Purchases alone {alone:,.0f} req/s, beside the lookups {beside:,.0f} req/s: "
+            f"**{ratio:.3f}×** (target ≥ {lookup.bound:g}×: {verdict}); the lookups themselves "
+            f"{lookups:,.1f} req/s (medians of {len(lookup.rounds)} rounds).")
+
+
+def lookup_section(findings: Findings) -> str:
+    lookup = findings.lookup
+    if lookup is None:
+        return "Not run."
+    if lookup.skipped:
+        return f"Not measured: {lookup.skipped}"
+    return (
+        lookup_table(lookup) + "\n\n" + lookup_summary(lookup) + "\n\n"
+        f"`bench/lookup_cost.py` (here inside `make bench`; `--skip lookup` leaves it out): a "
+        f"sale without a per-user limit, {lookup.units:,} units sold to distinct users in "
+        f"{lookup.entries:,} stream entries (the admission script called directly, "
+        f"{lookup.units // max(1, lookup.entries)} users a call); then purchases of another "
+        f"sale (stock 10¹², wrk -c{lookup.connections} with distinct users) for "
+        f"{lookup.seconds:g} s alone and {lookup.seconds:g} s while a second wrk keeps "
+        f"{lookup.lookup_connections} connections looping on `GET /seckill/BIG/order?user=U` "
+        "(a random buyer of the big sale each, bench/lookups.lua), the two in turn, the "
+        "order alternating per round, one server pinned as the other rows. ratio: purchases "
+        "beside the lookups ÷ alone, in the same round; the summary divides the medians. "
+        "Both wrks run on the load generator's CPU (with Redis): CPUs busy says whether it, "
+        "rather than the server, was full."
+    )
+
+
 def exactness_table(checks: Sequence[Exactness]) -> str:
     lines = [
         "| load | stock | sold (status) | orders (stream) | winners seen by the client | other answers "
@@ -294,23 +464,26 @@ def render(findings: Findings, picture: str | None = None) -> str:
         "## Pinning\n\n" + f"Scheme **{findings.pinning}**. {findings.pinning_why}",
         "## Results\n\n" + results_table(findings) + "\n\n"
         "Each row is the run with the median req/s of its runs (the last column gives how many "
-        "and their range); its latencies, counts and round trips are that run's. "
-        "× nginx and × seed compare req/s with the same load tool. non-2xx is expected to be "
-        "every request for (b) (409 sold out) and 0 elsewhere. errors: wrk's socket errors "
-        "(connect, read, write, timeout); ab's failed requests less the \"Length\" ones (the "
-        "won bodies differ in length, which ab counts as failures). Redis round trips/req: "
-        "`cmdstat_evalsha` calls during the run (INFO commandstats, before and after) divided "
-        "by the responses the client received. other CPU: CPUs' worth of time that processes "
-        "not started by this benchmark used during the run (the machine is shared); above "
-        "about 0.2 the row was disturbed. CPUs busy: how busy CPU 0 / CPU 1 were over the "
-        "run, interrupts included; with the split pinning (below) CPU 0 is the contender's and "
-        "CPU 1 the load generator's and Redis's, so a saturated CPU 1 beside a CPU 0 with time "
-        "to spare means the client, not the contender, set the pace.",
+        "and their range); its latencies, counts and round trips are that run's. × nginx and × "
+        "seed compare req/s with the same load tool. non-2xx is expected to be every request for "
+        "(b) and (g) (409 sold out), a few per cent for (f) (the sold-out answers of wrk's last "
+        "tick, see below; its req/s is Redis's units/s) and 0 elsewhere. errors: wrk's socket "
+        "errors (connect, read, write, timeout); ab's failed requests less the \"Length\" ones "
+        "(the won bodies differ in length, which ab counts as failures). Redis round trips/req: "
+        "`cmdstat_evalsha` calls during the run (INFO commandstats, before and after) divided by "
+        "the responses the client received. other CPU: CPUs' worth of time that processes not "
+        "started by this benchmark used during the run (the machine is shared); above about 0.2 "
+        "the row was disturbed. CPUs busy: how busy CPU 0 / CPU 1 were over the run, interrupts "
+        "included; with the split pinning (below) CPU 0 is the contender's and CPU 1 the load "
+        "generator's and Redis's, so a saturated CPU 1 beside a CPU 0 with time to spare means "
+        "the client, not the contender, set the pace.",
         "## Connections\n\n" + (sweep_table(findings) if findings.sweep else "Not run.")
         + "\n\nreq/s against wrk's connections (`-c N`, one thread, keep-alive, one URL), "
         "everything else as in the table above. " + findings.settings.get("connection sweep", "")
         + " × nginx compares with nginx at the same number of connections.",
+        "## A sale of bounded stock\n\n" + sale_section(findings),
         "## Metrics on vs off\n\n" + metrics_section(findings),
+        "## Order lookups beside purchases\n\n" + lookup_section(findings),
         "## Targets\n\n" + targets_table(findings),
         "## Exactness (bounded stock)\n\n" + (
             exactness_table(findings.exactness) if findings.exactness else "Not run."
@@ -356,11 +529,34 @@ def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
 
 def _load_row(data: dict[str, Any]) -> Row:
     fields = _known(Row, data)
-    result = fields.pop("result", None)
-    if result is not None:
-        result = LoadResult(**_known(LoadResult, result))
-        result.statuses = {int(k): v for k, v in result.statuses.items()}  # JSON keys are strings
+    result = _load_result(fields.pop("result", None))
     return Row(**fields, result=result)
+
+
+def _load_result(data: dict[str, Any] | None) -> LoadResult | None:
+    if data is None:
+        return None
+    result = LoadResult(**_known(LoadResult, data))
+    result.statuses = {int(k): v for k, v in result.statuses.items()}  # JSON keys are strings
+    return result
+
+
+def _load_sale(data: dict[str, Any]) -> SaleRun:
+    fields = _known(SaleRun, data)
+    fields["admission"] = _load_result(fields["admission"])
+    fields["sold_out"] = _load_result(fields.get("sold_out"))
+    return SaleRun(**fields)
+
+
+def _load_lookup(data: dict[str, Any]) -> LookupCost:
+    fields = _known(LookupCost, data)
+    rounds = []
+    for data_round in fields.get("rounds", []):
+        alone, beside, lookups = (_load_result(data_round[k]) for k in ("alone", "beside", "lookups"))
+        assert alone is not None and beside is not None and lookups is not None
+        rounds.append(LookupRound(alone, beside, lookups))
+    fields["rounds"] = rounds
+    return LookupCost(**fields)
 
 
 def from_json(text: str) -> Findings:
@@ -370,6 +566,9 @@ def from_json(text: str) -> Findings:
     fields["rows"] = [_load_row(r) for r in fields.get("rows", [])]
     fields["sweep"] = [_load_row(r) for r in fields.get("sweep", [])]
     fields["exactness"] = [Exactness(**e) for e in fields.get("exactness", [])]
+    fields["sale"] = [_load_sale(r) for r in fields.get("sale", [])]
+    if fields.get("lookup"):
+        fields["lookup"] = _load_lookup(fields["lookup"])
     fields["commands"] = [tuple(c) for c in fields.get("commands", [])]
     if fields.get("profile"):
         profile = _known(Profile, fields["profile"])

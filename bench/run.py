@@ -1,6 +1,6 @@
 """bench/run.py: this server against the seed's stack and an nginx ceiling, in one run.
 
-    .venv/bin/python bench/run.py               # the full run (~7.5 minutes): bench/RESULTS.md,
+    .venv/bin/python bench/run.py               # the full run (~9 minutes): bench/RESULTS.md,
                                                 # bench/results.json and bench/results.png
     .venv/bin/python bench/run.py --quick       # 3 s per contender, one run each, to bench/out/
     .venv/bin/python bench/run.py --plot-only   # redraw bench/results.png from bench/results.json
@@ -23,13 +23,27 @@ Each contender is started, warmed up, measured with the SAME wrk settings
       counting off), beside the first and pinned alike; its runs alternate with those
       of (a) one URL (a e, e a, a e, ..., at least 5 rounds), so the ratio metrics on / off (acceptance: >= 0.95)
       is not a drift of the shared machine. If the server rejects the flag, (e) is a
-      skipped row with the server's message.
+      skipped row with the server's message;
+  (f) seckill, a sale of bounded stock (`--sale-stock`, 100,000 units) bought by distinct
+      users, a fresh sale per run: wrk from the sale's start, stopped with SIGINT as soon
+      as Redis's `sold` (read every 2 ms) reaches the stock; its req/s is Redis's units/s
+      over the sale (every admission request wins), about a second of it at these rates;
+  (g) the same sale once sold out: wrk for --duration right after (f), in the same run.
+      Unlike (a), whose every request is a winner, a real sale's winners are bounded by
+      its stock: what an admission costs per winner is paid by (f) only (`--skip sale`).
 
 (a), (c) and (d) are also hit by `ab -c 100 -n 20000` without keep-alive (a new
 connection per request). For (a) and (b), Redis round trips per request are the
 `cmdstat_evalsha` calls during the run divided by the responses the client received.
 Then the exactness run: a sale of 1000 units is hammered by wrk (keep-alive) and
 another by ab, and both Redis (sold, orders) and the client (200s) must say 1000.
+
+The lookup cost (bench/lookup_cost.py, `--skip lookup`): its own server, pinned as the
+rows, on this Redis; a big sale without a per-user limit (500,000 units sold in 20,000
+stream entries by the admission script itself), then purchases of another sale for
+`--lookup-seconds` (5) alone and as long beside 20 connections looping on
+`GET /seckill/BIG/order?user=U`, `--lookup-rounds` (3) rounds alternating: the ratio of
+the purchase rates (target >= 0.5) and the lookups' own rate.
 
 The connection sweep: req/s of (a) and (d) with one URL (the README's headline load)
 at `wrk -t1 -c N`, N = 10, 100, 1000 (`--sweep`), each contender while it is up. Its
@@ -58,6 +72,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import resource
@@ -74,6 +89,7 @@ from pathlib import Path
 from typing import Any
 
 import loadgen
+import lookup_cost
 import machine
 import plot
 import pyspy
@@ -89,6 +105,7 @@ from report import (
     Profile,
     Round,
     Row,
+    SaleRun,
     Sample,
     from_json,
     pinning_report,
@@ -100,11 +117,12 @@ from report import (
 from services import (
     BENCH_DIR,
     ROOT,
-    SERVER_SCRIPT,
     Service,
     StartError,
+    admin,
     bench_redis,
     command_line,
+    create_sale,
     http_get,
     nginx_ceiling,
     seckill_server,
@@ -121,6 +139,9 @@ WRK_LOADS = ("wrk", "wrk1")
 ADMIT_ITEM = "bench-admit"
 ADMIT_STOCK = 10**12  # never runs out: every request is a Redis admission
 SOLD_OUT_ITEM = "bench-soldout"
+SALE_ITEM = "bench-sale"  # (f) and (g): a fresh sale per run, bench-sale-1, bench-sale-2, ...
+SALE_STOCK = 100_000  # a realistic stock: winners bounded by it, not by the run's length
+SALE_POLL = 0.002  # seconds between two reads of the sale's sold while (f) runs
 EXACT_WRK_ITEM = "bench-exact-wrk"
 EXACT_AB_ITEM = "bench-exact-ab"
 METRICS_REPEAT = 5  # rounds of the on/off pair at least (each: on, off or off, on)
@@ -178,11 +199,12 @@ PINNING_WHY = (
 # --- Options ---------------------------------------------------------------------------
 
 QUICK = {"duration": 3.0, "warmup": 1.0, "ab_requests": 5000, "exact_seconds": 2.0, "repeat": 1,
-         "sweep_duration": 2.0, "sweep_repeat": 1}
+         "sweep_duration": 2.0, "sweep_repeat": 1, "lookup_seconds": 2.0, "lookup_rounds": 1}
 # The sweep's points are shorter than the main rows' (5 s, not 10 s) to keep the full run
-# near 7.5 minutes (8 with a busy neighbour); the median of 3 still stands for each.
+# near 9 minutes (7.5 before (f), (g) and the lookup cost's ~40 s each; more with a busy
+# neighbour); the median of 3 still stands for each. The lookup cost's runs are 5 s too.
 FULL = {"duration": 10.0, "warmup": 2.0, "ab_requests": 20000, "exact_seconds": 3.0, "repeat": 3,
-        "sweep_duration": 5.0, "sweep_repeat": 3}
+        "sweep_duration": 5.0, "sweep_repeat": 3, "lookup_seconds": 5.0, "lookup_rounds": 3}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -240,10 +262,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help=f"runs per point, the median reported (default {FULL['sweep_repeat']}, "
                             f"--quick {QUICK['sweep_repeat']})")
 
+    sale = parser.add_argument_group("a sale of bounded stock: (f) until sold out, (g) sold out")
+    sale.add_argument("--sale-stock", type=int, default=SALE_STOCK, metavar="N",
+                      help="units of each run's sale; (f) lasts about N / its req/s seconds")
+
+    lookup = parser.add_argument_group(
+        "order lookups beside purchases (bench/lookup_cost.py, its defaults otherwise)")
+    lookup.add_argument("--lookup-seconds", type=float, metavar="SECONDS",
+                        help=f"each run, purchases alone and beside the lookups (default "
+                             f"{FULL['lookup_seconds']:g}, --quick {QUICK['lookup_seconds']:g})")
+    lookup.add_argument("--lookup-rounds", type=int, metavar="N",
+                        help=f"rounds of the pair, alternating (default {FULL['lookup_rounds']}, "
+                             f"--quick {QUICK['lookup_rounds']})")
+
     what = parser.add_argument_group("what to run")
     what.add_argument("--skip", default="", metavar="LIST",
                       help="comma-separated parts to leave out: seckill, seed, nginx, ab, exact, "
-                           "sweep (the connection sweep), metrics (the --no-metrics row)")
+                           "sweep (the connection sweep), metrics (the --no-metrics row), "
+                           "sale ((f) and (g), bounded stock), lookup (order lookups beside "
+                           "purchases, bench/lookup_cost.py)")
     what.add_argument("--exact-stock", type=int, default=1000, metavar="N",
                       help="units of the exactness sales")
     what.add_argument("--exact-seconds", type=float, metavar="SECONDS",
@@ -291,10 +328,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sweep = sorted({int(n) for n in args.sweep.split(",") if n.strip()})
     except ValueError:
         parser.error(f"--sweep wants numbers separated by commas, not {args.sweep!r}")
-    if args.duration <= 0 or args.sweep_duration <= 0 or min(
-            args.connections, args.threads, args.repeat, args.sweep_repeat) < 1:
-        parser.error("--duration, --sweep-duration, --connections, --threads, --repeat and "
-                     "--sweep-repeat must be positive")
+    if args.duration <= 0 or args.sweep_duration <= 0 or args.lookup_seconds <= 0 or min(
+            args.connections, args.threads, args.repeat, args.sweep_repeat, args.sale_stock,
+            args.lookup_rounds) < 1:
+        parser.error("--duration, --sweep-duration, --connections, --threads, --repeat, "
+                     "--sweep-repeat, --sale-stock, --lookup-seconds and --lookup-rounds "
+                     "must be positive")
     if min(args.connections, *args.sweep) < args.threads:
         parser.error("wrk needs at least one connection per thread (--connections, --sweep)")
     if args.pin != "none" and ((os.cpu_count() or 1) < 2 or not shutil.which("taskset")):
@@ -526,20 +565,6 @@ class EvalshaCounter:
         return (self.calls() - before) / requests if requests else None
 
 
-def admin(command: str, item: str, redis_url: str, *extra: str) -> dict[str, Any]:
-    """`seckill_server.py create|status ITEM ... --redis URL`, its JSON answer."""
-    argv = [sys.executable, str(SERVER_SCRIPT), command, item, *extra, "--redis", redis_url]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=ROOT)
-    if done.returncode != 0:
-        raise StartError(f"{command} {item}: {done.stderr.strip()}")
-    answer: dict[str, Any] = json.loads(done.stdout)
-    return answer
-
-
-def create_sale(redis_url: str, item: str, stock: int) -> None:
-    admin("create", item, redis_url, "--stock", str(stock))
-
-
 def measure_seckill(bench: Bench, redis_url: str) -> None:
     print("seckill server (contenders a, b, e)")
     pin = bench.pin
@@ -564,6 +589,8 @@ def measure_seckill(bench: Bench, redis_url: str) -> None:
         bench.series("b", "wrk", "(b) sold out", sold_out_url, evalsha=evalsha, expect_non2xx=True)
         bench.series("b", "wrk1", "(b) sold out, one URL", sold_out_url, evalsha=evalsha,
                      expect_non2xx=True)
+        if "sale" not in bench.args.skip:
+            measure_sale(bench, base, redis_url, evalsha)
         if "ab" not in bench.args.skip:
             bench.series("a", "ab", "(a) admission, no keep-alive", admit_url, evalsha=evalsha)
         connection_sweep(bench, "a", "(a) admission, one URL", admit_url, evalsha)
@@ -574,6 +601,136 @@ def measure_seckill(bench: Bench, redis_url: str) -> None:
             profile_admission(bench, server, admit_url)
     scan_server_log(bench, bench.log_dir / "seckill.log")
     scan_server_log(bench, bench.log_dir / "seckill-no-metrics.log", "the --no-metrics server")
+
+
+def sold_key(item: str) -> str:
+    """The Redis hash holding a sale's `sold` (sale_store's layout)."""
+    try:
+        from sale_store import sale_key  # the server's module, at the repository root
+    except Exception:  # the module mid-edit, say: its layout as documented
+        return f"seckill:{{{item}}}"
+    return str(sale_key(item))
+
+
+class SoldWatch:
+    """Reads a sale's `sold` while (f) runs; true (stop wrk) once it reaches the stock.
+    Remembers the first read that saw a unit sold and the first that saw them all."""
+
+    def __init__(self, redis_url: str, item: str, stock: int) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.key = sold_key(item)
+        self.stock = stock
+        self.first: tuple[float, int] | None = None  # (monotonic time, sold)
+        self.full: float | None = None
+        self.samples = 0
+
+    def __call__(self) -> bool:
+        sold = int(self.client.hget(self.key, "sold") or 0)
+        now = time.monotonic()
+        self.samples += 1
+        if sold and self.first is None:
+            self.first = (now, sold)
+        if sold >= self.stock:
+            self.full = now
+            return True
+        return False
+
+    @property
+    def seconds(self) -> float | None:
+        """From the first read that saw a unit sold to the first that saw the stock gone."""
+        if self.first is None or self.full is None:
+            return None
+        return self.full - self.first[0]
+
+
+@contextmanager
+def pinned(cpus: str | None) -> Iterator[None]:
+    """This thread on `cpus` for the block (the poller of (f) keeps off the server's CPU)."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def measure_sale(bench: Bench, base: str, redis_url: str, evalsha: EvalshaCounter) -> None:
+    """(f) and (g): a sale of --sale-stock units bought by distinct users, a fresh one per
+    run (--repeat). (f): wrk from the start of the sale, stopped with SIGINT as soon as
+    Redis's `sold` (read every SALE_POLL s) reaches the stock; (g): then wrk for --duration
+    on the sold-out sale. The rows are the median runs of each; every run is in
+    findings.sale, with Redis's time to sell out."""
+    stock, args = bench.args.sale_stock, bench.args
+    if not bench.tools.wrk:
+        for contender in ("f", "g"):
+            bench.skip(contender, "wrk", "wrk not found")
+        return
+    # (f)'s -d, a bound it never reaches: wrk is stopped when the units are gone.
+    limit = max(30.0, stock / 10_000)
+    runs: list[SaleRun] = []
+    for index in range(args.repeat):
+        item = f"{SALE_ITEM}-{index + 1}"
+        create_sale(redis_url, item, stock)
+        url = f"{base}/seckill/{item}"
+        which = f" [{index + 1}/{args.repeat}]" if args.repeat > 1 else ""
+        bench.record_command(f"(f) and (g): a sale per run, {SALE_ITEM}-1 .. -{args.repeat} "
+                             "(also takes --redis URL)", command_line(
+                                 ["python", "seckill_server.py", "create", f"{SALE_ITEM}-N",
+                                  "--stock", str(stock)]))
+        bench.wait_quiet()
+        watch = SoldWatch(redis_url, item, stock)
+        argv = bench.wrk_argv(url, limit)
+        before = evalsha.calls()
+        with pinned(bench.pin.client):
+            admission = bench.measured(
+                f"(f) stock {stock:,}, until sold out (wrk stopped by SIGINT then)", "wrk", argv,
+                functools.partial(loadgen.run_wrk_until, argv, limit, watch, SALE_POLL), which)
+        admission_rt = evalsha.per_request(before, admission.requests)
+        seconds = watch.seconds
+        if watch.full is None:
+            bench.note(f"(f) run {index + 1}: {stock:,} units did not sell out in {limit:g} s")
+        else:
+            print(f"    sold out in {seconds:.3f} s by Redis's count ({watch.samples} reads)")
+        if admission.errors:
+            bench.note(f"(f) run {index + 1}: {admission.errors} errors ({admission.error_detail})")
+        bench.wait_quiet()
+        before = evalsha.calls()
+        sold_out = bench.wrk(f"(g) stock {stock:,}, sold out", url, which=which)
+        sold_out_rt = evalsha.per_request(before, sold_out.requests)
+        bench.check("(g) with wrk", sold_out, expect_non2xx=True)
+        status = admin("status", item, redis_url)
+        run = SaleRun(stock, seconds, watch.first[1] if watch.first else 0, watch.samples, admission,
+                      sold_out, int(status["sold"]), int(status["orders"]), admission_rt, sold_out_rt)
+        if not run.exact:
+            bench.note(f"(f) run {index + 1}: Redis says sold {run.sold:,}, orders {run.orders:,} "
+                       f"of a stock of {stock:,}")
+        runs.append(run)
+    bench.findings.sale += runs
+    # (f)'s req/s is Redis's units/s: every admission request wins, and wrk's own figure
+    # also counts the sold-out answers of its last <= 100 ms (it stops on its 100 ms tick).
+    admissions = [dataclasses.replace(r.admission, rps=r.units_per_s or r.admission.rps) for r in runs]
+    sold_outs = [r.sold_out for r in runs if r.sold_out is not None]
+    for contender, results, rts in (("f", admissions, [r.admission_rt for r in runs]),
+                                    ("g", sold_outs, [r.sold_out_rt for r in runs])):
+        order = sorted(range(len(results)), key=lambda i: results[i].rps)
+        median = order[len(order) // 2]
+        bench.findings.rows.append(Row(contender, "wrk", results[median], redis_rt=rts[median],
+                                       all_rps=[r.rps for r in results]))
+
+
+def measure_lookup(bench: Bench, redis_url: str) -> None:
+    """bench/lookup_cost.py inside the run: its own server, pinned as the rows, this Redis."""
+    print("order lookups in a big sale beside purchases of another (bench/lookup_cost.py)")
+    options = dataclasses.replace(lookup_cost.Options(), seconds=bench.args.lookup_seconds,
+                                  rounds=bench.args.lookup_rounds,
+                                  connections=bench.args.connections)
+    bench.findings.lookup = lookup_cost.measure(
+        redis_url, bench.log_dir, options, server_cpus=bench.pin.server,
+        client_cpus=bench.pin.client, wait_quiet=bench.wait_quiet, record=bench.record_command,
+        note=bench.note)
 
 
 def server_limits(bench: Bench) -> list[str]:
@@ -837,6 +994,8 @@ def benchmark(args: argparse.Namespace) -> int:
                 bench.note(f"{name} not found: what needs it is skipped")
         if "seckill" not in args.skip:
             run_step(bench, "seckill", lambda: measure_seckill(bench, store.url))
+        if "lookup" not in args.skip:
+            run_step(bench, "lookup", lambda: measure_lookup(bench, store.url))
         if "seed" not in args.skip:
             run_step(bench, "seed", lambda: measure_seed(bench, store.url))
         if "nginx" not in args.skip:
@@ -886,8 +1045,19 @@ def settings_summary(args: argparse.Namespace) -> dict[str, str]:
             "not run" if "metrics" in args.skip else
             f"(e) is (a) with one URL on a second server started with {NO_METRICS_FLAG}, beside "
             "the first (pinned alike); the runs of (a) one URL and (e) alternate"),
-        "order": "one contender at a time: seckill (a, a/e alternating, b, ab, sweep, exactness), "
-                 "seed, nginx (d, sweep)",
+        "bounded stock": (
+            "not run" if "sale" in args.skip else
+            f"(f) and (g): {args.repeat} runs, each a fresh sale of {args.sale_stock:,} units "
+            f"bought by distinct users: wrk until Redis's sold reaches the stock (then SIGINT), "
+            f"then wrk {args.duration:g} s on the sold-out sale; no warm-up (the server has "
+            "just served (a) and (b))"),
+        "order lookups": (
+            "not run" if "lookup" in args.skip else
+            f"bench/lookup_cost.py: {args.lookup_rounds} rounds of purchases {args.lookup_seconds:g} s "
+            f"alone and {args.lookup_seconds:g} s beside 20 connections of order lookups in a big "
+            "sale, its own server (pinned as the rows), this Redis"),
+        "order": "one contender at a time: seckill (a, a/e alternating, b, f/g, ab, sweep, "
+                 "exactness), the lookup cost (its own server), seed, nginx (d, sweep)",
     }
 
 

@@ -17,6 +17,7 @@ after start with sched_setaffinity on each of its threads.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shlex
 import signal
@@ -27,6 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -156,6 +158,21 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def admin(command: str, item: str, redis_url: str, *extra: str) -> dict[str, Any]:
+    """`seckill_server.py create|status ITEM ... --redis URL`, its JSON answer."""
+    argv = [sys.executable, str(SERVER_SCRIPT), command, item, *extra, "--redis", redis_url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    if done.returncode != 0:
+        raise StartError(f"{command} {item}: {done.stderr.strip()}")
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def create_sale(redis_url: str, item: str, stock: int) -> None:
+    """A sale of `stock` units without a per-user limit, as an operator creates it."""
+    admin("create", item, redis_url, "--stock", str(stock))
 
 
 # --- The contenders -------------------------------------------------------------------
