@@ -2,16 +2,22 @@
 
 Stock 5000, one unit per user, two workers, 250 keep-alive connections of distinct users
 for ~30 s. On a fixed timeline Redis is killed -9 and restarted from its AOF (appendfsync
-always), then SIGSTOPped for 3 s, then one worker is killed -9 (the parent starts another),
-and at the end the server gets SIGTERM. Every request's answer is recorded; a request whose
-outcome is unknown (503, or no answer) is retried for the same user, which must never give
-that user two orders. Then the history is checked against what Redis holds:
+always), then SIGSTOPped for 3 s, then every Redis client connection is killed
+(`CLIENT KILL TYPE normal`) every 0.1 s for 2 s, while 30 more connections pipeline
+bursts of purchases of a second sale (so that batches are in flight when a kill lands),
+then one worker is killed -9 (the parent starts another), and at the end the server gets
+SIGTERM. Every request's answer is recorded; a request whose outcome is unknown (503, or
+no answer) is retried for the same user, which must never give that user two orders. Then
+the history is checked against what Redis holds:
 
 - no more wins than stock; every order answered `won` is in the stream, for that user and
   seq (nothing acknowledged is lost); no order id or seq twice; no user with two orders;
   `sold` equals the stream's length;
 - a win in the stream that nobody was told about belongs to a user whose request had an
   unknown outcome (503 or no answer): counted and reported, not hidden;
+- every request answered: each one sent got a response or saw its connection close, none
+  hung, none was left without either when the run ended; while only Redis's connections
+  were being killed (the storm), every one got a response;
 - each fault really happened under load (so the test cannot pass vacuously), the server
   recovered after each, and it exited 0 on SIGTERM with no traceback in its log.
 
@@ -28,6 +34,7 @@ import os
 import random
 import signal
 import subprocess
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -56,6 +63,12 @@ KILL_REDIS_AT = 5.0
 REDIS_DOWN_FOR = 1.0
 STALL_REDIS_AT = 12.0
 STALL_FOR = 3.0
+CLIENT_KILL_AT = 16.5  # CLIENT KILL TYPE normal (all Redis clients but ours) every
+CLIENT_KILL_EVERY = 0.1  # CLIENT_KILL_EVERY s for CLIENT_KILL_FOR s
+CLIENT_KILL_FOR = 2.0
+STORM_ITEM = "storm"  # the second sale, bought only during the storm (so ITEM's units last)
+STORM_LOADERS = 30  # connections pipelining bursts of STORM_BURST purchases during the storm
+STORM_BURST = 10
 KILL_WORKER_AT = 20.0
 SIGTERM_AT = 28.0
 
@@ -81,6 +94,20 @@ class Attempt:
 
 
 @dataclasses.dataclass
+class Piped:
+    """One pipelined purchase of the storm's load: its answer, or how it ended without one."""
+
+    user: str
+    sent: float
+    status: int | None = None
+    order: str | None = None
+    seq: int | None = None
+    # Without an answer: "closed" (EOF or reset), "unanswered" (none within READ_TIMEOUT), or
+    # "not read" (behind an answer that said `Connection: close`: the keep-alive request cap).
+    ended: str = ""
+
+
+@dataclasses.dataclass
 class Timeline:
     """When each fault began and ended (seconds since the load started)."""
 
@@ -88,6 +115,10 @@ class Timeline:
     redis_back: float = -1.0
     stalled: float = -1.0
     resumed: float = -1.0
+    storm_began: float = -1.0
+    storm_ended: float = -1.0
+    storm_rounds: int = 0
+    storm_killed: int = 0  # Redis client connections the storm killed
     worker_killed: float = -1.0
     worker_back: float = -1.0
     sigterm: float = -1.0
@@ -107,6 +138,8 @@ class ChaosRun:
         self.times = Timeline()
         self.stopping = asyncio.Event()
         self.closed_by_server = 0  # idle connections the server closed after SIGTERM
+        self.awaiting = 0  # requests written whose outcome is not recorded yet
+        self.piped: list[Piped] = []  # the storm's load
         self.loop = asyncio.get_running_loop()
         self.t0 = self.loop.time()
 
@@ -144,6 +177,18 @@ class ChaosRun:
         with own.stalled():
             await asyncio.sleep(STALL_FOR)
             times.resumed = self.now()
+
+        await self.at(CLIENT_KILL_AT)
+        times.storm_began = self.now()
+        storm_over = asyncio.Event()
+        loaders = [asyncio.create_task(self.pipeliner(i, storm_over)) for i in range(STORM_LOADERS)]
+        try:
+            times.storm_rounds, times.storm_killed = await asyncio.to_thread(
+                kill_storm, own.url, CLIENT_KILL_EVERY, CLIENT_KILL_FOR)
+        finally:
+            storm_over.set()
+            await asyncio.gather(*loaders)
+        times.storm_ended = self.now()
 
         await self.at(KILL_WORKER_AT)
         pids = [int(line.split("worker ")[1].split()[0]) for line in list(self.server.lines)
@@ -191,6 +236,7 @@ class ChaosRun:
                     buf = b""
                 assert reader is not None
                 response: Response | None = None
+                self.awaiting += 1
                 try:
                     writer.write(f"GET /seckill/{ITEM}?user={user} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
                     response, buf = await asyncio.wait_for(self.read_one(reader, buf), READ_TIMEOUT)
@@ -200,6 +246,7 @@ class ChaosRun:
                 except (OSError, EOFError):
                     kind = NO_ANSWER
                 attempt = Attempt(user, sent, self.now(), kind)
+                self.awaiting -= 1
                 if response is not None:
                     attempt.status = response.status
                     if kind == WON:
@@ -217,6 +264,49 @@ class ChaosRun:
                 with contextlib.suppress(OSError, TimeoutError):
                     if await asyncio.wait_for(reader.read(65536), GRACE + 30) == b"":
                         self.closed_by_server += 1
+        finally:
+            if writer is not None:
+                await self.close(writer)
+
+    async def pipeliner(self, index: int, over: asyncio.Event) -> None:
+        """The storm's load: bursts of STORM_BURST pipelined purchases of STORM_ITEM, the
+        next once all are answered, until `over`; reconnect if the server closes."""
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        buf, i = b"", 0
+        try:
+            while not over.is_set():
+                if writer is None:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    buf = b""
+                assert reader is not None
+                burst = [Piped(f"s{index}-{i + k}", self.now()) for k in range(STORM_BURST)]
+                i += STORM_BURST
+                self.piped.extend(burst)
+                writer.write(b"".join(f"GET /seckill/{STORM_ITEM}?user={p.user} HTTP/1.1\r\nHost: t\r\n\r\n"
+                                      .encode() for p in burst))
+                reconnect = False
+                for k, p in enumerate(burst):
+                    try:
+                        response, buf = await asyncio.wait_for(self.read_one(reader, buf),
+                                                               max(0.0, p.sent + READ_TIMEOUT - self.now()))
+                    except (TimeoutError, OSError, EOFError) as exc:
+                        for rest in burst[k:]:
+                            rest.ended = "unanswered" if isinstance(exc, TimeoutError) else "closed"
+                        reconnect = True
+                        break
+                    p.status = response.status
+                    if response.status == 200:
+                        body = response.json()
+                        p.order, p.seq = body["order"], body["seq"]
+                    if response.headers.get("connection", "").lower() == "close":
+                        for rest in burst[k + 1:]:
+                            rest.ended = "not read"
+                        reconnect = True
+                        break
+                if reconnect:
+                    await self.close(writer)
+                    reader = writer = None
         finally:
             if writer is not None:
                 await self.close(writer)
@@ -246,8 +336,29 @@ class ChaosRun:
             await writer.wait_closed()
 
 
+def kill_storm(url: str, every: float, duration: float) -> tuple[int, int]:
+    """CLIENT KILL TYPE normal, sparing ourselves, every `every` s for `duration` s (in a
+    thread beside the load): the rounds, and the connections killed."""
+    killer = redis.Redis.from_url(url)
+    rounds = killed = 0
+    end = time.monotonic() + duration
+    try:
+        while time.monotonic() < end:
+            killed += int(killer.client_kill_filter(_type="normal", skipme=True))
+            rounds += 1
+            time.sleep(every)  # the storm's schedule
+    finally:
+        killer.close()
+    return rounds, killed
+
+
+def in_storm(a: Attempt, times: Timeline) -> bool:
+    """Sent while the storm ran (or so soon before that its batch could meet it)."""
+    return times.storm_began - REDIS_TIMEOUT <= a.sent <= times.storm_ended
+
+
 def figures(attempts: list[Attempt], times: Timeline, stream: list[dict[str, Any]], sale: dict[bytes, bytes],
-            closed_by_server: int) -> dict[str, Any]:
+            closed_by_server: int, awaiting: int, piped: list[Piped]) -> dict[str, Any]:
     kinds = Counter(a.kind for a in attempts)
     answered_won = {a.user for a in attempts if a.kind == WON}
     sold_out_at = min((a.done for a in attempts if a.kind == SOLD_OUT), default=None)
@@ -262,6 +373,9 @@ def figures(attempts: list[Attempt], times: Timeline, stream: list[dict[str, Any
         "no answer": kinds[NO_ANSWER],
         "no answer at shutdown": sum(a.kind == NO_ANSWER and a.done >= times.sigterm for a in attempts),
         "hung (no answer in 10 s)": kinds[TIMEOUT],
+        "left without an answer or a close at the end": awaiting,
+        "slowest answer or close (s)": round(max((a.done - a.sent for a in attempts if a.kind != NOT_SENT),
+                                                 default=0.0), 2),
         "not sent (connect failed)": kinds[NOT_SENT],
         "other answers": {k: n for k, n in kinds.items()
                           if k not in (WON, SOLD_OUT, ALREADY_BOUGHT, UNAVAILABLE, NO_ANSWER, TIMEOUT, NOT_SENT)},
@@ -269,6 +383,11 @@ def figures(attempts: list[Attempt], times: Timeline, stream: list[dict[str, Any
                                         for a in attempts),
         "503 while Redis was stopped": sum(a.kind == UNAVAILABLE and times.stalled <= a.sent <= times.resumed
                                            for a in attempts),
+        "sent during the CLIENT KILL storm": sum(in_storm(a, times) for a in attempts),
+        "503 during the CLIENT KILL storm": sum(a.kind == UNAVAILABLE and in_storm(a, times) for a in attempts),
+        "no answer during the CLIENT KILL storm": sum(a.kind in (NO_ANSWER, TIMEOUT) and in_storm(a, times)
+                                                      for a in attempts),
+        "storm load (pipelined, second sale)": dict(Counter(p.status or p.ended for p in piped)),
         "no answer after the worker kill": sum(a.kind == NO_ANSWER and times.worker_killed <= a.sent < times.sigterm
                                                for a in attempts),
         "won but unacknowledged (in the stream, never answered 200)": len({o["user"] for o in stream} - answered_won),
@@ -289,6 +408,7 @@ def test_chaos_no_oversell_no_lost_order(start_server, tmp_path: Path) -> None:
     try:
         setup = redis.Redis.from_url(own.url)
         create_sale(setup, ITEM, STOCK, per_user=1)
+        create_sale(setup, STORM_ITEM, 10**9)
         setup.close()
         server = start_server("--redis-timeout", str(REDIS_TIMEOUT), "--graceful-timeout", str(GRACE),
                               workers=2, redis_url=own.url)
@@ -305,13 +425,15 @@ def test_chaos_no_oversell_no_lost_order(start_server, tmp_path: Path) -> None:
             events = stream_events(client, ITEM)
             sale: Any = client.hgetall(sale_store.sale_key(ITEM))
             buyers: Any = client.hgetall(sale_store.sale_keys(ITEM).buyers)
+            storm_stream = [e for e in stream_events(client, STORM_ITEM) if e["event"] == WON]
+            storm_sold = int(client.hget(sale_store.sale_key(STORM_ITEM), "sold") or 0)
         finally:
             client.close()
     finally:
         own.stop()
 
     stream = [e for e in events if e["event"] == WON]
-    figs = figures(attempts, times, stream, sale, run.closed_by_server)
+    figs = figures(attempts, times, stream, sale, run.closed_by_server, run.awaiting, run.piped)
     report = "\n".join(f"  {k}: {v}" for k, v in figs.items())
     print(f"\nchaos test figures:\n{report}")
     why = f"\nfigures:\n{report}"
@@ -327,6 +449,22 @@ def test_chaos_no_oversell_no_lost_order(start_server, tmp_path: Path) -> None:
     # Every request was answered, or its connection died: no hang, nothing unexpected.
     assert figs["hung (no answer in 10 s)"] == 0, f"requests left hanging{why}"
     assert not figs["other answers"], f"answers other than 200 won, 409 and 503{why}"
+    # Every request sent got a response or saw its connection close: none is left over.
+    assert run.awaiting == 0, f"{run.awaiting} requests never got an outcome{why}"
+    assert all(a.status is not None or a.kind in (NO_ANSWER, NOT_SENT) for a in attempts), \
+        f"attempts with neither an answer nor a close: {[a for a in attempts if a.status is None][:5]}{why}"
+    # Killing Redis's connections closes none of the clients': each got its response, the
+    # storm's pipelined load too; and that sale is exact.
+    assert figs["no answer during the CLIENT KILL storm"] == 0, f"requests unanswered in the CLIENT KILL storm{why}"
+    piped = run.piped
+    assert piped and all(p.status in (200, 503) or p.ended == "not read" for p in piped), \
+        f"pipelined purchases in the storm without their answer: {[p for p in piped if p.status is None][:5]}{why}"
+    storm_orders = {o["order"]: o for o in storm_stream}
+    assert len(storm_orders) == len(storm_stream) == storm_sold, f"{STORM_ITEM}: sold {storm_sold}{why}"
+    for p in piped:
+        if p.status == 200:
+            assert p.order in storm_orders, f"{p.user} was answered 200 for {p.order}, not in the stream{why}"
+            assert (storm_orders[p.order]["user"], storm_orders[p.order]["seq"]) == (p.user, p.seq)
 
     # Jepsen: what the clients were told against what Redis holds.
     won = [a for a in attempts if a.kind == WON]
@@ -393,6 +531,9 @@ def test_chaos_no_oversell_no_lost_order(start_server, tmp_path: Path) -> None:
     assert figs["503 while Redis was dead"] > 0, f"the Redis kill was not felt{why}"
     assert wins_between(times.redis_back, times.stalled) > 0, f"no wins after Redis came back{why}"
     assert figs["503 while Redis was stopped"] > 0, f"the Redis stall was not felt{why}"
-    assert wins_between(times.resumed, times.worker_killed) > 0, f"no wins after the stall{why}"
+    assert wins_between(times.resumed, times.storm_began) > 0, f"no wins after the stall{why}"
+    assert times.storm_killed > 0, f"the CLIENT KILL storm killed no connection{why}"
+    assert wins_between(times.storm_began, times.storm_ended) > 0, f"no wins during the CLIENT KILL storm{why}"
+    assert wins_between(times.storm_ended, times.worker_killed) > 0, f"no wins after the CLIENT KILL storm{why}"
     assert figs["no answer after the worker kill"] > 0, f"the worker kill was not felt{why}"
     assert wins_between(times.worker_back, times.sigterm) > 0, f"no wins after the worker restart{why}"
