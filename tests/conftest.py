@@ -86,6 +86,22 @@ def admit(client: redis.Redis, item: str, batch_id: str, users: list[str]) -> li
     return client.eval(sale_store.ADMIT_LUA, len(keys), *keys, batch_id, *users)  # type: ignore[no-any-return]
 
 
+def kill_storm(url: str, every: float, duration: float) -> tuple[int, int]:
+    """CLIENT KILL TYPE normal, sparing ourselves, every `every` s for `duration` s (in a
+    thread beside the load): the rounds, and the connections killed."""
+    killer = redis.Redis.from_url(url)
+    rounds = killed = 0
+    end = time.monotonic() + duration
+    try:
+        while time.monotonic() < end:
+            killed += int(killer.client_kill_filter(_type="normal", skipme=True))
+            rounds += 1
+            time.sleep(every)  # the storm's schedule
+    finally:
+        killer.close()
+    return rounds, killed
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))

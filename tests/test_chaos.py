@@ -34,7 +34,6 @@ import os
 import random
 import signal
 import subprocess
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ import pytest
 import redis
 
 import sale_store
-from conftest import OwnRedis, create_sale, stream_events
+from conftest import OwnRedis, create_sale, kill_storm, stream_events
 from http_client import Response, parse_one
 
 ITEM = "chaos"
@@ -334,22 +333,6 @@ class ChaosRun:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-
-
-def kill_storm(url: str, every: float, duration: float) -> tuple[int, int]:
-    """CLIENT KILL TYPE normal, sparing ourselves, every `every` s for `duration` s (in a
-    thread beside the load): the rounds, and the connections killed."""
-    killer = redis.Redis.from_url(url)
-    rounds = killed = 0
-    end = time.monotonic() + duration
-    try:
-        while time.monotonic() < end:
-            killed += int(killer.client_kill_filter(_type="normal", skipme=True))
-            rounds += 1
-            time.sleep(every)  # the storm's schedule
-    finally:
-        killer.close()
-    return rounds, killed
 
 
 def in_storm(a: Attempt, times: Timeline) -> bool:

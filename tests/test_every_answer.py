@@ -42,7 +42,7 @@ import pytest
 import redis
 
 import sale_store
-from conftest import create_sale, poll, stream_orders
+from conftest import create_sale, kill_storm, poll, stream_orders
 from http_client import TOKEN, Conn, Response, fetch, get, parse_one
 
 NESTED = b"[" * 1100
@@ -107,22 +107,6 @@ class Sent:
     # Without a response: "closed" (EOF or reset), "unanswered" (none in time), or "not read"
     # (behind an answer that said `Connection: close`, e.g. the keep-alive request cap).
     ended: str = ""
-
-
-def _kill_storm(url: str, every: float, duration: float) -> tuple[int, int]:
-    """CLIENT KILL TYPE normal (all but ourselves) every `every` s for `duration` s:
-    (rounds, connections killed). Runs in a thread beside the load."""
-    killer = redis.Redis.from_url(url)
-    rounds = killed = 0
-    end = time.monotonic() + duration
-    try:
-        while time.monotonic() < end:
-            killed += int(killer.client_kill_filter(_type="normal", skipme=True))
-            rounds += 1
-            time.sleep(every)  # the storm's schedule
-    finally:
-        killer.close()
-    return rounds, killed
 
 
 # --- 1. CLIENT KILL storm under pipelined load --------------------------------------
@@ -195,7 +179,7 @@ def test_client_kill_storm_every_request_answered_in_time_no_close_wait_exact(  
     async def main() -> tuple[int, int]:
         load = [asyncio.create_task(_burster(server.port, c, stop, log)) for c in range(STORM_CONNECTIONS)]
         try:
-            storm = await asyncio.to_thread(_kill_storm, own.url, 0.1, 3.0)
+            storm = await asyncio.to_thread(kill_storm, own.url, 0.1, 3.0)
         finally:
             stop.set()
             await asyncio.wait_for(asyncio.gather(*load), GIVE_UP + 10)
