@@ -35,6 +35,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from read_batcher import Script
 from sale_store import (
     ITEMS_KEY,
     LUA_HELPERS,
@@ -147,6 +148,8 @@ for seq in string.gmatch(list, '%d+') do
 end
 return reply
 """
+LOOKUP = Script(LOOKUP_LUA)
+
 
 async def _run(redis: Redis, lua: str, item: str, *args: str | int) -> Any:
     """One of these scripts on one sale: redis-py's Script sends EVALSHA and loads the
@@ -197,8 +200,18 @@ async def change_order(redis: Redis, item: str, order: str, action: str) -> dict
 async def user_orders(redis: Redis, item: str, user: str) -> list[dict[str, Any]] | None:
     """A user's live orders (won, pending or confirmed), oldest first, from the buyers
     hash; None if there is no such sale. (A sale made by an older version, which listed
-    buyers only under a limit, lists only the wins since.)"""
-    reply = await _run(redis, LOOKUP_LUA, item, user)
+    buyers only under a limit, lists only the wins since.) The server sends the same
+    call through its ReadBatcher: `lookup_call()`, then `lookup_orders()` of the reply."""
+    return lookup_orders(await _run(redis, LOOKUP_LUA, item, user))
+
+
+def lookup_call(item: str, user: str) -> tuple[Script, tuple[str, ...], tuple[str]]:
+    """The script, keys and args of a user's order lookup (for ReadBatcher.call)."""
+    return LOOKUP, sale_keys(item), (user,)
+
+
+def lookup_orders(reply: Any) -> list[dict[str, Any]] | None:
+    """The orders in LOOKUP_LUA's reply (None: no such sale)."""
     if not reply:
         return None
     tag = reply[0].decode()

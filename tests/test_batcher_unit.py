@@ -5,6 +5,7 @@ script itself is tested against a real Redis elsewhere (test_stock.py, test_orde
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,7 +26,7 @@ class ScriptedPipe:
     async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         self.calls.append(commands)
         result = self.behave(commands)
-        if asyncio.iscoroutine(result):
+        if inspect.isawaitable(result):  # (a coroutine, or a future that never resolves: `never`)
             result = await result
         return result  # type: ignore[no-any-return]
 

@@ -140,14 +140,17 @@ def test_redis_down_answers_503_fast_then_service_resumes_on_its_own(start_serve
         first = keep.request(get("/seckill/hat?user=before"))
         assert first.status == 200
         won["before"] = first.json()["order"]
+        looked = keep.request(get("/seckill/hat/order?user=before"))  # the lookups' own connection
+        assert looked.json()["orders"][0]["order"] == won["before"], looked.body
 
         own.kill()
-        started = time.monotonic()
-        down = keep.request(get("/seckill/hat?user=down1"))
-        elapsed = time.monotonic() - started
-        assert down.status == 503 and down.json() == UNAVAILABLE
-        assert down.headers["retry-after"] == "1"
-        assert elapsed < 3.0, f"a purchase with Redis dead took {elapsed:.2f}s (--redis-timeout 0.5)"
+        for path in ("/seckill/hat?user=down1", "/seckill/hat/order?user=before"):
+            started = time.monotonic()
+            down = keep.request(get(path))
+            elapsed = time.monotonic() - started
+            assert down.status == 503 and down.json() == UNAVAILABLE, (path, down.body)
+            assert down.headers["retry-after"] == "1"
+            assert elapsed < 3.0, f"{path} with Redis dead took {elapsed:.2f}s (--redis-timeout 0.5)"
         assert keep.request(get("/readyz")).status == 503
         assert fetch(server.port, "GET", "/readyz").status == 503
         assert fetch(server.port, "GET", "/seckill/hat?user=down2").status == 503
@@ -163,6 +166,9 @@ def test_redis_down_answers_503_fast_then_service_resumes_on_its_own(start_serve
             assert fresh.status == 200, fresh.body
             won[f"after-new{i}"] = fresh.json()["order"]
         assert fetch(server.port, "GET", "/readyz").status == 200
+        # Lookups too: on a new connection (the old one died with Redis), the script loaded again.
+        looked = keep.request(get("/seckill/hat/order?user=after-keep"))
+        assert looked.json()["orders"][0]["order"] == won["after-keep"], looked.body
 
     by_id = orders_by_id(r, "hat")
     assert {order: o["user"] for order, o in by_id.items()} == {order: user for user, order in won.items()}
@@ -300,6 +306,7 @@ def test_redis_restarted_empty_answers_404_and_recreates_nothing(start_server, o
     assert "created the demo sale 'limit'" in server.log
     assert fetch(server.port, "GET", "/seckill/hat?user=a").status == 200
     assert fetch(server.port, "GET", "/limit?user=a").status == 200
+    assert fetch(server.port, "GET", "/seckill/hat/order?user=a").status == 200  # the lookups' connection
 
     own.kill()
     # Redis 6.2 keeps one appendonly.aof; 7.x an appendonlydir/. No RDB (--save "").
