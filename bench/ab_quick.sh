@@ -6,6 +6,9 @@
 # and one Redis (no persistence) on CPU 1. Rows: admission (stock 10^12) one URL and
 # distinct users, a 100,000-unit sale bought by distinct users (~1 s of admission, then
 # sold out), sold out with distinct users.
+# ROW=grow: instead, make bench's (a) distinct-users row as it runs there: Redis with AOF
+# everysec, ONE 10^12-unit sale per server bought by distinct users over all the rounds
+# (DUR=10), so it grows as the buyer index does over make bench's three runs.
 set -u
 NEW=${NEW:-$(cd "$(dirname "$0")/.." && pwd)}
 OLD=${OLD:?set OLD to a worktree of the commit to compare with}
@@ -14,7 +17,12 @@ PY=$NEW/.venv/bin/python
 RS=$NEW/.venv/bin/redis-server
 CLI=$NEW/.venv/bin/redis-cli
 pkill -f "redis-server 127.0.0.1:7399" 2>/dev/null
-taskset -c 1 $RS --port 7399 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --logfile ${TMPDIR:-/tmp}/redis.log
+if [ "${ROW:-}" = grow ]; then
+  PERSIST="--appendonly yes --appendfsync everysec --dir $(mktemp -d)"
+else
+  PERSIST="--appendonly no"
+fi
+taskset -c 1 $RS --port 7399 --bind 127.0.0.1 --save '' $PERSIST --daemonize yes --logfile ${TMPDIR:-/tmp}/redis.log
 sleep 0.5
 start() { # tree port
   (cd $1 && taskset -c 0 $PY seckill_server.py --port $2 --redis redis://127.0.0.1:7399 --no-demo > ${TMPDIR:-/tmp}/srv$2.log 2>&1 &)
@@ -26,9 +34,16 @@ mk() { (cd $NEW && $PY seckill_server.py create $1 --stock $2 --redis redis://12
 run() { # label port path script
   taskset -c 1 wrk -t1 -c100 -d${DUR:-5}s --latency ${4:+-s $NEW/bench/users.lua} http://127.0.0.1:$2$3 2>&1 | awk -v l="$1" '/Requests\/sec/{print l, $2}'
 }
+if [ "${ROW:-}" = grow ]; then
+  for v in $ORDER; do mk grow${v%%:*} 1000000000000; done
+fi
 for r in 1 2 3; do
   for v in $ORDER; do
     n=${v%%:*}; p=${v##*:}
+    if [ "${ROW:-}" = grow ]; then
+      run "$n admission-distinct-growing(round $r)" $p /seckill/grow$n users
+      continue
+    fi
     mk big$n$r 1000000000000
     run "$n admission-one-url" $p /seckill/big$n$r
     mk bigu$n$r 1000000000000

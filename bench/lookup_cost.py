@@ -40,7 +40,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +60,7 @@ from services import (
     command_line,
     create_sale,
     seckill_server,
+    stop_on_sigterm,
     taskset,
 )
 
@@ -296,18 +296,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so the server and Redis are stopped on the way out."""
-    def handler(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGHUP, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _stop_on_sigterm()
+    stop_on_sigterm()
     options = Options(args.units, args.entries, args.seconds, args.rounds, args.connections,
                       args.lookup_connections, args.timeout)
     started = time.monotonic()

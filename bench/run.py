@@ -78,7 +78,6 @@ import os
 import resource
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -127,6 +126,7 @@ from services import (
     nginx_ceiling,
     seckill_server,
     seed_stack,
+    stop_on_sigterm,
     taskset,
 )
 
@@ -1118,18 +1118,9 @@ def pin_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so every child is stopped on the way out."""
-    def handler(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGHUP, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _stop_on_sigterm()
+    stop_on_sigterm()
     OUT_DIR.mkdir(exist_ok=True)
     started = time.monotonic()
     try:

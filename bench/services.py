@@ -245,3 +245,13 @@ def nginx_ceiling(nginx: str, prefix: Path, log_dir: Path,
     with running(service):
         wait_listening(service, port)
         yield service, port
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so every child (servers, Redis, load
+    generators) is stopped on the way out."""
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)

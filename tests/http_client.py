@@ -4,10 +4,12 @@ responses parsed strictly, and a way to tell that the server closed the connecti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 
 @dataclass
@@ -119,6 +121,71 @@ def fetch(port: int, method: str, path: str, body: bytes = b"",
         return conn.request(head.encode() + b"\r\n" + body)
 
 
+async def read_one(reader: asyncio.StreamReader, buf: bytes) -> tuple[Response, bytes]:
+    """One response from the stream (buf: what was read past the previous one); the
+    response and what was read past it."""
+    while True:
+        parsed = parse_one(buf)
+        if parsed is not None:
+            return parsed
+        chunk = await reader.read(65536)
+        if not chunk:
+            raise EOFError("the server closed the connection before answering")
+        buf += chunk
+
+
+Sent = TypeVar("Sent")
+
+
+async def pipeline_bursts(port: int, going: Callable[[], bool], burst: Callable[[], tuple[bytes, list[Sent]]],
+                          time_left: Callable[[Sent], float], answered: Callable[[Sent, Response], None],
+                          ended: Callable[[Sent, str], None]) -> None:
+    """While `going()`: write a burst of pipelined requests (`burst()`: their bytes and one
+    record each), read their answers in order, each awaited for `time_left(record)`
+    seconds and passed to `answered` as it comes, then the next burst. When answers stop
+    (a timeout: "unanswered"; the server closed: "closed"; an answer said Connection:
+    close: "not read"), the requests left get `ended(record, how)` and the next burst
+    goes on a new connection."""
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    buf = b""
+    try:
+        while going():
+            if writer is None:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                buf = b""
+            assert reader is not None
+            data, sent = burst()
+            writer.write(data)
+            how: str | None = None
+            for k, record in enumerate(sent):
+                try:
+                    response, buf = await asyncio.wait_for(read_one(reader, buf), max(0.0, time_left(record)))
+                except TimeoutError:
+                    how = "unanswered"
+                except (EOFError, OSError):
+                    how = "closed"
+                else:
+                    answered(record, response)
+                    if response.headers.get("connection", "").lower() == "close":
+                        how, k = "not read", k + 1
+                if how is not None:
+                    for rest in sent[k:]:
+                        ended(rest, how)
+                    await close_writer(writer)
+                    reader = writer = None
+                    break
+    finally:
+        if writer is not None:
+            await close_writer(writer)
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 async def hammer(port: int, paths: list[list[str]]) -> list[Response]:
     """One keep-alive connection per list of paths, all at once; every response returned."""
 
@@ -129,22 +196,13 @@ async def hammer(port: int, paths: list[list[str]]) -> list[Response]:
         try:
             for path in conn_paths:
                 writer.write(get(path))
-                while True:
-                    parsed = parse_one(buf)
-                    if parsed is not None:
-                        response, buf = parsed
-                        got.append(response)
-                        if response.headers.get("connection") == "close":  # --keepalive-requests
-                            writer.close()
-                            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                        break
-                    chunk = await reader.read(65536)
-                    if not chunk:
-                        raise ConnectionError("server closed a keep-alive connection")
-                    buf += chunk
+                response, buf = await read_one(reader, buf)
+                got.append(response)
+                if response.headers.get("connection") == "close":  # --keepalive-requests
+                    await close_writer(writer)
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
         finally:
-            writer.close()
-            await writer.wait_closed()
+            await close_writer(writer)
         return got
 
     results = await asyncio.gather(*(one(p) for p in paths))

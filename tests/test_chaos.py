@@ -43,7 +43,7 @@ import redis
 
 import sale_store
 from conftest import OwnRedis, create_sale, kill_storm, stream_events
-from http_client import Response, parse_one
+from http_client import Response, close_writer, pipeline_bursts, read_one
 
 ITEM = "chaos"
 STOCK = 5000
@@ -238,7 +238,7 @@ class ChaosRun:
                 self.awaiting += 1
                 try:
                     writer.write(f"GET /seckill/{ITEM}?user={user} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-                    response, buf = await asyncio.wait_for(self.read_one(reader, buf), READ_TIMEOUT)
+                    response, buf = await asyncio.wait_for(read_one(reader, buf), READ_TIMEOUT)
                     kind = self.kind(response)
                 except TimeoutError:
                     kind = TIMEOUT
@@ -253,7 +253,7 @@ class ChaosRun:
                         attempt.order, attempt.seq = body["order"], body["seq"]
                 self.attempts.append(attempt)
                 if response is None or response.headers.get("connection", "").lower() == "close":
-                    await self.close(writer)
+                    await close_writer(writer)
                     reader = writer = None
                 if kind not in UNKNOWN:
                     user = ""  # done with this user: next request is a new one
@@ -265,61 +265,32 @@ class ChaosRun:
                         self.closed_by_server += 1
         finally:
             if writer is not None:
-                await self.close(writer)
+                await close_writer(writer)
 
     async def pipeliner(self, index: int, over: asyncio.Event) -> None:
         """The storm's load: bursts of STORM_BURST pipelined purchases of STORM_ITEM, the
         next once all are answered, until `over`; reconnect if the server closes."""
-        reader: asyncio.StreamReader | None = None
-        writer: asyncio.StreamWriter | None = None
-        buf, i = b"", 0
-        try:
-            while not over.is_set():
-                if writer is None:
-                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                    buf = b""
-                assert reader is not None
-                burst = [Piped(f"s{index}-{i + k}", self.now()) for k in range(STORM_BURST)]
-                i += STORM_BURST
-                self.piped.extend(burst)
-                writer.write(b"".join(f"GET /seckill/{STORM_ITEM}?user={p.user} HTTP/1.1\r\nHost: t\r\n\r\n"
-                                      .encode() for p in burst))
-                reconnect = False
-                for k, p in enumerate(burst):
-                    try:
-                        response, buf = await asyncio.wait_for(self.read_one(reader, buf),
-                                                               max(0.0, p.sent + READ_TIMEOUT - self.now()))
-                    except (TimeoutError, OSError, EOFError) as exc:
-                        for rest in burst[k:]:
-                            rest.ended = "unanswered" if isinstance(exc, TimeoutError) else "closed"
-                        reconnect = True
-                        break
-                    p.status = response.status
-                    if response.status == 200:
-                        body = response.json()
-                        p.order, p.seq = body["order"], body["seq"]
-                    if response.headers.get("connection", "").lower() == "close":
-                        for rest in burst[k + 1:]:
-                            rest.ended = "not read"
-                        reconnect = True
-                        break
-                if reconnect:
-                    await self.close(writer)
-                    reader = writer = None
-        finally:
-            if writer is not None:
-                await self.close(writer)
+        made = 0
 
-    @staticmethod
-    async def read_one(reader: asyncio.StreamReader, buf: bytes) -> tuple[Response, bytes]:
-        while True:
-            parsed = parse_one(buf)
-            if parsed is not None:
-                return parsed
-            chunk = await reader.read(65536)
-            if not chunk:
-                raise EOFError("the server closed the connection before answering")
-            buf += chunk
+        def burst() -> tuple[bytes, list[Piped]]:
+            nonlocal made
+            sent = [Piped(f"s{index}-{made + k}", self.now()) for k in range(STORM_BURST)]
+            made += STORM_BURST
+            self.piped.extend(sent)
+            return b"".join(f"GET /seckill/{STORM_ITEM}?user={p.user} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+                            for p in sent), sent
+
+        def answered(p: Piped, response: Response) -> None:
+            p.status = response.status
+            if response.status == 200:
+                body = response.json()
+                p.order, p.seq = body["order"], body["seq"]
+
+        def ended(p: Piped, how: str) -> None:
+            p.ended = how
+
+        await pipeline_bursts(self.port, lambda: not over.is_set(), burst,
+                              lambda p: p.sent + READ_TIMEOUT - self.now(), answered, ended)
 
     @staticmethod
     def kind(response: Response) -> str:
@@ -327,12 +298,6 @@ class ChaosRun:
         if (response.status, result) in ((200, WON), (409, SOLD_OUT), (409, ALREADY_BOUGHT), (503, UNAVAILABLE)):
             return result
         return f"{response.status} {result}"
-
-    @staticmethod
-    async def close(writer: asyncio.StreamWriter) -> None:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
 
 
 def in_storm(a: Attempt, times: Timeline) -> bool:

