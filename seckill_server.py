@@ -39,28 +39,12 @@ import uvloop
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-import batcher as batching
-import bodies
-import dashboard
-import faults
-import metrics
-import order_book
-import request_logs
-import sale_store
-from admin_api import AdminApi
-from http_connection import ANSWER_MARGIN, Clock, HttpConnection, Limits, Listener, Registry, Slot
-from protocol import KNOWN_METHODS, HttpError, Request
-from read_batcher import ReadBatcher
-from redis_client import make_pipe, make_redis, valid_url
-from redis_runner import (
-    DEFAULT_LOCAL_URL,
-    EmbeddedRedis,
-    RedisStartError,
-    answers,
-    mask_url,
-    recorded_url,
-)
-from responses import (
+from seckill.admission import batcher as batching
+from seckill.app.admin_api import AdminApi
+from seckill.http import bodies
+from seckill.http.connection import ANSWER_MARGIN, Clock, HttpConnection, Limits, Listener, Registry, Slot
+from seckill.http.protocol import KNOWN_METHODS, HttpError, Request
+from seckill.http.responses import (
     CLOSE,
     KEEP,
     KEEP_10,
@@ -71,6 +55,18 @@ from responses import (
     json_body,
     strip_body,
 )
+from seckill.ops import dashboard, faults, metrics, request_logs
+from seckill.sales import order_book, sale_store
+from seckill.store.client import make_pipe, make_redis, valid_url
+from seckill.store.embedded import (
+    DEFAULT_LOCAL_URL,
+    EmbeddedRedis,
+    RedisStartError,
+    answers,
+    mask_url,
+    recorded_url,
+)
+from seckill.store.reads import ReadBatcher
 
 __version__ = "0.1.0"
 

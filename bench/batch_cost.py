@@ -24,11 +24,9 @@ from pathlib import Path
 
 import redis
 
+from seckill.store.embedded import EmbeddedRedis
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from redis_runner import EmbeddedRedis  # noqa: E402
-
 
 def free_port() -> int:
     with socket.socket() as sock:

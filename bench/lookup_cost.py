@@ -90,7 +90,9 @@ class Options:
 def fill(redis_url: str, item: str, units: int, entries: int) -> float:
     """Sell `units` units of `item` (a sale of that stock, no limit) in `entries` calls of
     the admission script, to distinct users; the seconds it took."""
-    import sale_store  # the server's own script, as it is on disk now (services put ROOT on the path)
+    from seckill.sales import (
+        sale_store,  # the server's own script, as it is on disk now (services put ROOT on the path)
+    )
 
     started = time.monotonic()
     client = redis.Redis.from_url(redis_url)

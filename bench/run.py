@@ -359,7 +359,7 @@ def raise_fd_limit(connections: int) -> tuple[int, int]:
 def server_max_connections() -> int | None:
     """The server's default --max-connections (per worker), None if it cannot be read."""
     try:
-        from http_connection import Limits  # the server's module, at the repository root
+        from seckill.http.connection import Limits  # the server's module, at the repository root
     except Exception:  # the module mid-edit, say: then we pass the flag rather than fail
         return None
     return int(Limits.max_connections)
@@ -606,7 +606,7 @@ def measure_seckill(bench: Bench, redis_url: str) -> None:
 def sold_key(item: str) -> str:
     """The Redis hash holding a sale's `sold` (sale_store's layout)."""
     try:
-        from sale_store import sale_key  # the server's module, at the repository root
+        from seckill.sales.sale_store import sale_key  # the server's module, at the repository root
     except Exception:  # the module mid-edit, say: its layout as documented
         return f"seckill:{{{item}}}"
     return str(sale_key(item))

@@ -30,11 +30,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from seckill.store.embedded import EmbeddedRedis, free_port
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-sys.path.insert(0, str(ROOT))  # redis_runner lives at the repository root
-
-from redis_runner import EmbeddedRedis, free_port  # noqa: E402
 
 __all__ = ["EmbeddedRedis", "free_port"]
 

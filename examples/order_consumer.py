@@ -33,9 +33,8 @@ from typing import IO, Any
 
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from order_book import records  # noqa: E402
-from sale_store import orders_key  # noqa: E402
+from seckill.sales.order_book import records
+from seckill.sales.sale_store import orders_key
 
 BLOCK_MS = 1000  # one blocking read at most: how soon a stop signal or idleness is noticed
 READ_COUNT = 100  # entries per read

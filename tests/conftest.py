@@ -23,12 +23,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from seckill.sales import order_book, sale_store
+from seckill.store.embedded import EmbeddedRedis, free_port
 
-import order_book  # noqa: E402
-import sale_store  # noqa: E402
-from redis_runner import EmbeddedRedis, free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 if TYPE_CHECKING:
     from redis_cluster import RedisCluster

@@ -20,7 +20,7 @@ import redis
 from redis.crc import key_slot
 
 from conftest import poll
-from redis_runner import find_redis_server, ping
+from seckill.store.embedded import find_redis_server, ping
 
 SLOTS = 16384
 BUS_OFFSET = 10_000  # Redis 6.2 always puts the cluster bus on port + 10000

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from conftest import ServerProcess, create_sale, stream_orders
 from http_client import Conn, fetch, get, parse_one
-from protocol import HttpError
-from redis_runner import EmbeddedRedis, free_port
+from seckill.http.protocol import HttpError
+from seckill.store.embedded import EmbeddedRedis, free_port
 from test_protocol import BAD
 from test_protocol_fuzz import PIECES, SEEDS
 
@@ -341,7 +341,7 @@ def test_user_from_query_fast_path_agrees_with_parse_qsl(value: str) -> None:
     """`?user=<id>` skips parse_qsl when nothing in it needs decoding: same answer either way."""
     from urllib.parse import parse_qsl
 
-    from protocol import Request
+    from seckill.http.protocol import Request
     from seckill_server import _user
 
     query = b"user=" + value.encode()

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-import batcher as batching
-from batcher import Batcher
+from seckill.admission import batcher as batching
+from seckill.admission.batcher import Batcher
 
 
 class ScriptedPipe:

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bodies import MAX_JSON_DEPTH, ascii_int, form_pairs, json_value
-from protocol import MAX_BODY, HttpError
+from seckill.http.bodies import MAX_JSON_DEPTH, ascii_int, form_pairs, json_value
+from seckill.http.protocol import MAX_BODY, HttpError
 
 FUZZ = settings(max_examples=400, deadline=None)
 

@@ -15,10 +15,10 @@ import time
 import pytest
 import redis
 
-import sale_store
 from conftest import ROOT, create_sale, stream_orders
 from http_client import Conn, fetch, get
-from redis_runner import EmbeddedRedis, free_port
+from seckill.sales import sale_store
+from seckill.store.embedded import EmbeddedRedis, free_port
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -151,7 +151,7 @@ def test_status_and_list_print_stored_times_out_of_range(redis_client: redis.Red
 
 def test_embedded_redis_is_started_and_stopped(tmp_path) -> None:
     """No --redis and nothing on 6379: the server runs its own redis-server with AOF."""
-    from redis_runner import answers
+    from seckill.store.embedded import answers
 
     if answers("127.0.0.1", 6379):
         pytest.skip("a Redis answers on 127.0.0.1:6379, so the server would use it")

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from http_connection import Clock, HttpConnection, Limits, Registry, Slot
-from protocol import Request
-from responses import CLOSE, KEEP, Responses, json_body
+from seckill.http.connection import Clock, HttpConnection, Limits, Registry, Slot
+from seckill.http.protocol import Request
+from seckill.http.responses import CLOSE, KEEP, Responses, json_body
 
 
 class FakeTransport:
@@ -172,7 +172,7 @@ def test_an_exception_outside_dispatch_aborts_the_connection() -> None:
 
 
 def test_requests_buffered_while_writing_was_paused_are_answered_when_it_resumes() -> None:
-    from http_connection import MAX_PIPELINED
+    from seckill.http.connection import MAX_PIPELINED
 
     conn, transport, app, _ = connect()
     # More complete requests than may be pending: the rest stay parsed-to-be in the buffer.

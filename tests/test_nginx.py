@@ -26,7 +26,7 @@ import redis
 
 from conftest import ROOT, ServerProcess, create_sale, poll, require_tool, stream_orders
 from http_client import fetch
-from redis_runner import EmbeddedRedis, free_port
+from seckill.store.embedded import EmbeddedRedis, free_port
 
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
 START_TIMEOUT = 10.0  # seconds for nginx to accept after start

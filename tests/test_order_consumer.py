@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-import sale_store
 from conftest import ROOT, create_sale, stream_events, stream_orders
 from http_client import hammer
+from seckill.sales import sale_store
 
 CONSUMER = ROOT / "examples" / "order_consumer.py"
 GROUP = "order-service"

@@ -16,10 +16,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-import order_book
-import sale_store
 from conftest import ROOT, admit, create_sale, stream_events, stream_orders
 from http_client import TOKEN, admin, buy, fetch, get, parse_one
+from seckill.sales import order_book, sale_store
 
 
 def status(client: redis.Redis, item: str) -> dict[str, int]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from protocol import (
+from seckill.http.protocol import (
     MAX_BODY,
     MAX_HEAD,
     MAX_HEADERS,

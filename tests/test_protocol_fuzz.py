@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
-from protocol import HttpError, Request, RequestParser
+from seckill.http.protocol import HttpError, Request, RequestParser
 
 FUZZ = settings(max_examples=400, deadline=None)
 

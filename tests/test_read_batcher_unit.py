@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
-from test_batcher_unit import ScriptedPipe, never
 
-from read_batcher import ReadBatcher, Script
+from seckill.store.reads import ReadBatcher, Script
+from test_batcher_unit import ScriptedPipe, never
 
 LOOKUP = Script("return ARGV[1]")
 OTHER = Script("return KEYS[1]")

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import redis
 
-import sale_store
 from conftest import OwnRedis, create_sale, poll, stream_orders
 from http_client import Conn, Response, fetch, get, parse_one
+from seckill.sales import sale_store
 
 UNAVAILABLE = {"result": "unavailable"}
 

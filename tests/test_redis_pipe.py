@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from redis_pipe import OrderedPipe
-from redis_runner import EmbeddedRedis
+from seckill.store.embedded import EmbeddedRedis
+from seckill.store.ordered_pipe import OrderedPipe
 
 
 async def _with_pipe(url: str, body) -> None:  # type: ignore[no-untyped-def]

@@ -11,9 +11,9 @@ import time
 
 import redis
 
-import sale_store
 from conftest import ROOT, admit, create_sale, stream_orders
 from http_client import fetch, hammer
+from seckill.sales import sale_store
 
 
 def now_ms() -> int:

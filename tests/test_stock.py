@@ -11,9 +11,9 @@ import subprocess
 import pytest
 import redis
 
-import sale_store
 from conftest import admit, create_sale, require_tool, stream_orders
 from http_client import Conn, fetch, get, hammer
+from seckill.sales import sale_store
 
 
 @pytest.mark.slow
@@ -149,7 +149,7 @@ def test_waiting_queue_is_bounded_while_redis_stalls(start_server, own_redis) ->
 
 
 def test_redis_over_a_unix_socket(start_server, tmp_path) -> None:
-    from redis_runner import EmbeddedRedis
+    from seckill.store.embedded import EmbeddedRedis
 
     sock = str(tmp_path / "r.sock")
     own = EmbeddedRedis(tmp_path, unixsocket=sock)
@@ -201,7 +201,7 @@ def test_script_cache_flushed_while_serving(start_server, redis_client: redis.Re
 
 def test_malformed_script_replies_are_refused_whole() -> None:
     """A reply in no shape the script gives answers the whole batch 503, nobody half."""
-    from batcher import _well_formed
+    from seckill.admission.batcher import _well_formed
 
     good = [[], [b"1", b"0", b"1", b"t", b""], [b"0", b"-1", b"0", b"t", b"E"],
             [b"0", b"-1", b"0", b"t", b"N", b"1500"], [b"2", b"0", b"1", b"t", b"WAW"],

@@ -29,7 +29,7 @@ import redis
 
 from conftest import ROOT, OwnRedis, create_sale, poll, stream_orders
 from http_client import Conn, fetch, get
-from redis_runner import EmbeddedRedis, free_port
+from seckill.store.embedded import EmbeddedRedis, free_port
 from test_redis_faults import refuses_connections, unread_bytes_at
 
 DEPLOY = ROOT / "deploy"

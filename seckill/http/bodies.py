@@ -17,7 +17,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
-from protocol import HttpError
+from seckill.http.protocol import HttpError
 
 # JSON nesting a body may have: ours are flat objects ({"user": ...}, a sale's terms).
 # Bounds the decoder's recursion, far below Python's limit of ~1000 frames.

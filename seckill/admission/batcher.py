@@ -36,13 +36,13 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from faults import inject
-from redis_client import BatchPipe
-from sale_store import ADMIT_LUA, admit_keys
+from seckill.ops.faults import inject
+from seckill.sales.sale_store import ADMIT_LUA, admit_keys
+from seckill.store.client import BatchPipe
 
 if TYPE_CHECKING:
-    from faults import Faults
-    from metrics import WorkerStats
+    from seckill.ops.faults import Faults
+    from seckill.ops.metrics import WorkerStats
 
 log = logging.getLogger("seckill.batcher")
 

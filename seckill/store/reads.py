@@ -30,10 +30,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from redis_client import BatchPipe
+from seckill.store.client import BatchPipe
 
 if TYPE_CHECKING:
-    from faults import Faults
+    from seckill.ops.faults import Faults
 
 log = logging.getLogger("seckill.reads")
 

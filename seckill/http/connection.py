@@ -25,8 +25,8 @@ from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 from typing import cast
 
-from protocol import HttpError, Request, RequestParser
-from responses import CLOSE, CONTINUE, Responses, json_body
+from seckill.http.protocol import HttpError, Request, RequestParser
+from seckill.http.responses import CLOSE, CONTINUE, Responses, json_body
 
 log = logging.getLogger("seckill.http")
 

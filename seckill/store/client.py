@@ -23,8 +23,8 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import RedisClusterException
 
-from cluster_pipe import ClusterPipe, ClusterUnavailable
-from redis_pipe import OrderedPipe
+from seckill.store.cluster_pipe import ClusterPipe, ClusterUnavailable
+from seckill.store.ordered_pipe import OrderedPipe
 
 SCHEMES = ("redis", "rediss", "unix")
 CLUSTER_SCHEME = "redis+cluster"

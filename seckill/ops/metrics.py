@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
-import batcher as batching
+from seckill.admission import batcher as batching
 
 PUBLISH_INTERVAL = 0.25  # seconds between a worker's snapshots: how stale another worker's counts can be
 

@@ -55,7 +55,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from redis_pipe import OrderedPipe
+from seckill.store.ordered_pipe import OrderedPipe
 
 log = logging.getLogger("seckill.cluster")
 

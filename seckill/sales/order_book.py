@@ -35,8 +35,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from read_batcher import Script
-from sale_store import (
+from seckill.sales.sale_store import (
     ITEMS_KEY,
     LUA_HELPERS,
     Conflict,
@@ -46,6 +45,7 @@ from sale_store import (
     sale_key,
     sale_keys,
 )
+from seckill.store.reads import Script
 
 log = logging.getLogger("seckill.orders")
 

@@ -22,11 +22,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-import bodies
-import order_book
-import sale_store
-from protocol import HttpError, Request
-from responses import METHOD_NOT_ALLOWED, NOT_FOUND, json_body
+from seckill.http import bodies
+from seckill.http.protocol import HttpError, Request
+from seckill.http.responses import METHOD_NOT_ALLOWED, NOT_FOUND, json_body
+from seckill.sales import order_book, sale_store
 
 Answer = tuple[int, bytes, bytes]  # status, body, extra header lines
 
