@@ -342,7 +342,7 @@ def test_user_from_query_fast_path_agrees_with_parse_qsl(value: str) -> None:
     from urllib.parse import parse_qsl
 
     from seckill.http.protocol import Request
-    from seckill_server import _user
+    from seckill.app.routes import _user
 
     query = b"user=" + value.encode()
     request = Request(b"GET", b"/", b"/", query, False, True, (), b"")

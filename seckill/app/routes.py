@@ -1,0 +1,531 @@
+"""The routes: one dispatch for every request, purchases, answers and the slow paths."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from seckill import __version__
+from seckill.admission import batcher as batching
+from seckill.app.admin_api import AdminApi
+from seckill.config import Config
+from seckill.http import bodies
+from seckill.http.connection import HttpConnection, Registry, Slot
+from seckill.http.protocol import KNOWN_METHODS, HttpError, Request
+from seckill.http.responses import (
+    CLOSE,
+    KEEP,
+    KEEP_10,
+    MAX_CACHED,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    Responses,
+    json_body,
+    strip_body,
+)
+from seckill.ops import dashboard, faults, metrics, request_logs
+from seckill.sales import order_book, sale_store
+from seckill.store.reads import ReadBatcher
+
+log = logging.getLogger("seckill")
+
+
+MAX_USER = 128  # characters in a user id: room for an email or a UUID, bounds the stream
+# `user=<id>` alone, with no byte that query decoding would change (%, +, &, =, #).
+_PLAIN_USER_QUERY = re.compile(rb"user=[A-Za-z0-9._~:@!$'()*,;/?-]{0,%d}" % MAX_USER)
+
+
+# --- Routes -------------------------------------------------------------------------
+
+_PURCHASE_METHODS = (b"GET", b"POST")
+_ALLOW_PURCHASE = b"Allow: GET, POST\r\n"
+_ALLOW_GET = b"Allow: GET, HEAD\r\n"
+_RETRY_AFTER = b"Retry-After: 1\r\n"
+_UNAVAILABLE = json_body({"result": "unavailable"})
+_INTERNAL = json_body({"error": "internal"})
+_OK = json_body({"status": "ok"})
+_NO_STORE = b"Cache-Control: no-store\r\n"
+_HTML = b"text/html; charset=utf-8"
+_PAGE_HEADERS = b"Content-Security-Policy: %s\r\n%s" % (dashboard.PAGE_CSP, _NO_STORE)
+_SOLD_OUT = batching.SOLD_OUT
+_monotonic = time.monotonic
+_ITEM_CACHE_MAX = 10_000  # validated item names kept per worker; bounds client-chosen keys
+
+
+# Status and result of each outcome with a fixed answer (WON, NOT_STARTED and UNAVAILABLE
+# are built where they are answered).
+_OUTCOMES = {
+    batching.SOLD_OUT: (409, b"sold_out"),
+    batching.ALREADY_BOUGHT: (409, b"already_bought"),
+    batching.UNKNOWN_ITEM: (404, b"unknown_item"),
+    batching.ENDED: (403, b"ended"),
+    batching.USER_REQUIRED: (400, b"user_required"),
+}
+
+
+class Purchase(Slot):
+    """A purchase waiting for its batch; becomes the connection's answer when it ends."""
+
+    __slots__ = ("app", "item", "mode", "t0")
+    t0: float  # when it was read; set by TimedPurchase (metrics on) only
+
+    def __init__(self, app: SeckillApp, conn: HttpConnection, item: str, mode: int) -> None:
+        self.conn = conn
+        self.data = None
+        self.close = mode == CLOSE
+        self.app = app
+        self.item = item
+        self.mode = mode
+
+    def finish(self, outcome: int, tag: bytes, value: int, until: int = 0) -> None:
+        if outcome == batching.WON:
+            body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d}' % (
+                self.item.encode(), tag, value, value,
+            )
+            self.set(self.app.responses.build(200, body, self.mode))
+        elif outcome == batching.HELD:
+            body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d,"state":"pending","hold_until":"%s"}' % (
+                self.item.encode(), tag, value, value, (sale_store.iso(until) or "").encode(),
+            )
+            self.set(self.app.responses.build(200, body, self.mode))
+        elif outcome == batching.NOT_STARTED:
+            self.set(self.app.not_started_answer(self.item, value / 1000, self.mode))
+        else:
+            self.set(self.app.purchase_answer(self.item, outcome, self.mode))
+
+
+class TimedPurchase(Purchase):
+    """A Purchase that notes when it was read (metrics on): the batcher turns that into the
+    latency histogram once per batch (metrics.Histogram.observe_waits)."""
+
+    __slots__ = ()
+
+    # Purchase.__init__ written out rather than called: one Python call less per purchase.
+    def __init__(self, app: SeckillApp, conn: HttpConnection, item: str, mode: int) -> None:
+        self.conn = conn
+        self.data = None
+        self.close = mode == CLOSE
+        self.app = app
+        self.item = item
+        self.mode = mode
+        self.t0 = time.monotonic()
+
+
+class SeckillApp:
+    def __init__(self, config: Config, redis: Redis, batcher: batching.Batcher, reads: ReadBatcher,
+                 stats: metrics.WorkerStats | None = None, registry: Registry | None = None,
+                 faults_: faults.Faults | None = None) -> None:
+        self.config = config
+        self.redis = redis
+        self.batcher = batcher
+        self.reads = reads
+        self.admin = AdminApi(redis, config.admin_token)
+        self.responses = Responses()
+        self._items: dict[bytes, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.faults = faults_ or faults.Faults(stats.internal_errors if stats is not None else None)
+        # Metrics (None: off): the hot path adds to these directly.
+        self.stats = stats
+        self.registry = registry
+        self.board = metrics.Board(config.metrics_dir)
+        self._purchase_class = Purchase if stats is None else TimedPurchase
+        self.gate_hits = None if stats is None else stats.gate_hits
+        # Logs (off by default): a dispatch that also reports each answer, and slots that do.
+        self.logs: list[request_logs.LineLog] = []
+        self.access_log: request_logs.LineLog | None = None
+        self.result_log: request_logs.LineLog | None = None
+        self._slot_class: type[Slot] = Slot
+        self._trust = request_logs.ProxyTrust(config.forwarded_allow_ips)
+        self._when = (0, "")  # $time_local, made once a second
+
+    def open_logs(self, rotator: bool) -> None:
+        """Start the --access-log and --result-log writers (worker 0 rotates them)."""
+        config = self.config
+        every = request_logs.parse_rotation(config.log_rotate)
+        for name in ("access_log", "result_log"):
+            path = getattr(config, name)
+            if path is not None:
+                log_ = request_logs.LineLog(path, every, config.log_backups, rotator)
+                setattr(self, name, log_)
+                self.logs.append(log_)
+        if self.logs:
+            self.dispatch = self._dispatch_logged  # type: ignore[method-assign]
+            self._slot_class = _reporting(Slot)
+            self._purchase_class = _reporting(self._purchase_class)
+
+    def dispatch(self, request: Request, conn: HttpConnection) -> bytes | Slot:
+        if conn.closing:
+            mode = CLOSE
+        else:
+            mode = KEEP_10 if request.http10 else KEEP
+        if request.method not in KNOWN_METHODS:
+            conn.closing = True
+            self.count("unrouted", 501)
+            return self.responses.get(501, json_body({"error": "method not implemented"}), CLOSE)
+        try:
+            path = request.path
+            if path[:9] == b"/seckill/":  # the hot route first, without a call to _route
+                answer = self._purchase(request, conn, path[9:], mode)
+            else:
+                answer = self._route(request, conn, mode)
+        except HttpError as exc:
+            self.count(_route_name(request.path), exc.status)
+            answer = self.responses.get(exc.status, json_body({"error": exc.reason}), mode)
+        if request.method == b"HEAD" and answer.__class__ is bytes:
+            return strip_body(answer)
+        return answer
+
+    def internal_error(self, site: str, exc: BaseException) -> bytes:
+        """An unexpected exception at `site`: counted, logged (rate-limited), answered 500 and a close."""
+        self.faults.report(site, exc)
+        self.count("unrouted", 500)
+        return self.responses.get(500, _INTERNAL, CLOSE)
+
+    def count(self, route: str, status: int) -> None:
+        """Metrics: one answer on a route other than a purchase's result (those are counted per batch)."""
+        if self.stats is not None:
+            self.stats.count_request(route, status)
+
+    def refused(self, conn: HttpConnection, status: int, answer: bytes) -> None:
+        self.count("unrouted", status)
+        if self.access_log is not None:
+            self.report(None, conn, answer)
+
+    def _dispatch_logged(self, request: Request, conn: HttpConnection) -> bytes | Slot:
+        answer = SeckillApp.dispatch(self, request, conn)
+        if isinstance(answer, bytes):
+            self.report(request, conn, answer)
+        else:
+            answer.request = request  # type: ignore[attr-defined]  # reported when set (_reporting)
+        return answer
+
+    def report(self, request: Request | None, conn: HttpConnection, answer: bytes) -> None:
+        """Log one answer: the access log's line, and the result log's for a purchase decision."""
+        now = time.time()
+        second = int(now)
+        if self._when[0] != second:
+            self._when = (second, request_logs.local_time(now))
+        status = int(answer[9:12])
+        client = conn.peer_address
+        if request is not None:
+            client = self._trust.client(client, request.header(b"x-forwarded-for"), request.header(b"x-real-ip"))
+        if self.access_log is not None:
+            if request is None:
+                line, referer, agent = None, None, None
+            else:
+                line = b"%s %s %s" % (request.method, request.target, b"HTTP/1.0" if request.http10 else b"HTTP/1.1")
+                referer, agent = request.header(b"referer"), request.header(b"user-agent")
+            sent = len(answer) - answer.index(b"\r\n\r\n") - 4
+            self.access_log.add(request_logs.combined(client, self._when[1], line, status, sent, referer, agent))
+        if self.result_log is not None and request is not None:
+            self._report_result(request, answer, now, client)
+
+    def _report_result(self, request: Request, answer: bytes, now: float, client: str) -> None:
+        path = request.path
+        if path == b"/limit":
+            item = "limit"
+        elif path[:9] == b"/seckill/" and not path.endswith(b"/order"):
+            item = path[9:].decode("latin-1")
+        else:
+            return
+        body = answer[answer.index(b"\r\n\r\n") + 4:]
+        try:
+            decided = json.loads(body) if body else {}
+            user = _user(request).decode()
+        except (ValueError, HttpError):
+            return  # a malformed request: no decision was made
+        result = decided.get("result")
+        if result is None:  # refused before any decision (bad item name, wrong method)
+            return
+        assert self.result_log is not None
+        self.result_log.add(request_logs.result_line(now, item, user, result, decided.get("order"), client))
+
+    def _route(self, request: Request, conn: HttpConnection, mode: int) -> bytes | Slot:
+        path = request.path
+        if path == b"/limit":
+            return self._purchase(request, conn, b"limit", mode)
+        route = _route_name(path)
+        if route == "admin":
+            refusal = self.admin.check(request)
+            if refusal is not None:
+                self.count(route, refusal[0])
+                return self.responses.build(*refusal[:2], mode, refusal[2])
+            return self._later(conn, mode, request, self.admin.handle(request), cache=False, route=route)
+        if route in ("dashboard", "dashboard.json") and not self.config.dashboard:
+            route = "not_found"
+        elif route == "metrics" and self.stats is None:
+            route = "not_found"
+        if route == "not_found":
+            self.count(route, 404)
+            return self.responses.get(404, NOT_FOUND, mode)
+        if request.method != b"GET" and request.method != b"HEAD":
+            self.count(route, 405)
+            return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_GET)
+        if route == "healthz":
+            faults.inject("healthz")
+            self.count(route, 200)
+            return self.responses.get(200, _OK, mode)
+        if route == "readyz":
+            return self._later(conn, mode, request, self._ready(), route=route)
+        if route == "metrics":
+            self.count(route, 200)
+            body, content_type = metrics.exposition(self.totals(), __version__, request.header(b"accept"))
+            return self.responses.build(200, body, mode, content_type=content_type)
+        if route == "dashboard":
+            self.count(route, 200)
+            return self.responses.get(200, dashboard.PAGE, mode, _PAGE_HEADERS, content_type=_HTML)
+        if route == "dashboard.json":
+            refusal = self.admin.check(request, required=False)
+            if refusal is not None:
+                self.count(route, refusal[0])
+                return self.responses.build(*refusal[:2], mode, refusal[2])
+            return self._later(conn, mode, request, self._dashboard(), cache=False, route=route)
+        return self._later(conn, mode, request, self._stock(self._item(path[7:])), route=route)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """This worker's counters and gauges (metrics on)."""
+        assert self.stats is not None
+        return self.stats.dump(len(self.registry.conns) if self.registry else 0, self.batcher.in_flight)
+
+    def totals(self) -> metrics.Totals:
+        """The server's counters, over all workers (metrics on)."""
+        return self.board.totals(self._snapshot())
+
+    def publish(self) -> None:
+        """Write this worker's counters where the other workers read them (metrics.Board)."""
+        if self.stats is not None and self.board.directory is not None:
+            try:
+                self.board.publish(self._snapshot())
+            except OSError as exc:  # a full tmpfs: the scrape of another worker misses ours
+                log.warning("cannot publish metrics: %s", exc)
+
+    async def _dashboard(self) -> tuple[int, bytes, bytes]:
+        totals = self.totals() if self.stats is not None else metrics.Totals()
+        try:
+            sales: list[dict[str, Any]] | None = await asyncio.wait_for(
+                sale_store.list_sales(self.redis), self.config.redis_timeout)
+        except (TimeoutError, RedisError, OSError):
+            sales = None
+        return 200, json_body(metrics.dashboard(totals, __version__, time.time(), sales)), _NO_STORE
+
+    def _item(self, raw: bytes) -> str:
+        item = self._items.get(raw)
+        if item is None:
+            text = raw.decode("latin-1")
+            if not sale_store.valid_item(text):
+                raise HttpError(400, "item names are 1-64 characters of A-Z a-z 0-9 _ . : -")
+            item = text
+            if len(self._items) < _ITEM_CACHE_MAX:
+                self._items[raw] = item
+        return item
+
+    # Purchases: the hot path.
+    def _purchase(self, request: Request, conn: HttpConnection, raw_item: bytes, mode: int) -> bytes | Slot:
+        item = self._items.get(raw_item)
+        if item is None:
+            if raw_item[-6:] == b"/order":
+                return self._order_lookup(request, conn, raw_item[:-6], mode)
+            item = self._item(raw_item)
+        if request.method not in _PURCHASE_METHODS:
+            self.count("purchase", 405)
+            return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_PURCHASE)
+        batcher = self.batcher
+        gate = batcher.gates.get(item)  # (batcher.gate() inlined: this is every request)
+        if gate is not None and _monotonic() < gate[0]:
+            # Before reading the user: after a sell-out this is nearly every request, and
+            # the answer is the same for anyone (a malformed user too).
+            outcome = gate[1]
+            if outcome == _SOLD_OUT:
+                hits = self.gate_hits
+                if hits is not None:
+                    hits[item] = hits.get(item, 0) + 1
+                return self.purchase_answer(item, outcome, mode)
+            if self.stats is not None:
+                self.stats.count_results(item, outcome, 1)
+            if outcome == batching.NOT_STARTED:
+                return self.not_started_answer(item, gate[2] - time.monotonic(), mode)
+            return self.purchase_answer(item, outcome, mode)
+        user = _user(request) if request.query or request.body else b""
+        purchase = self._purchase_class(self, conn, item, mode)
+        if not batcher.submit(item, user, purchase):
+            if self.stats is not None:
+                self.stats.count_results(item, batching.UNAVAILABLE, 1)
+            return self.purchase_answer(item, batching.UNAVAILABLE, mode)
+        return purchase
+
+    def purchase_answer(self, item: str, outcome: int, mode: int) -> bytes:
+        """The answer for an outcome other than WON (those carry an order: Purchase.finish)."""
+        memo = self.responses.memo
+        key = (outcome, item, mode)
+        answer = memo.get(key)
+        if answer is not None:
+            return answer
+        if outcome == batching.UNAVAILABLE:
+            answer = self.responses.build(503, _UNAVAILABLE, mode, _RETRY_AFTER)
+        else:
+            status, result = _OUTCOMES[outcome]
+            body = b'{"result":"%s","item":"%s"}' % (result, item.encode())
+            answer = self.responses.build(status, body, mode)
+        if len(memo) < MAX_CACHED:
+            memo[key] = answer
+        return answer
+
+    def not_started_answer(self, item: str, starts_in: float, mode: int) -> bytes:
+        body = b'{"result":"not_started","item":"%s","starts_in":%.3f}' % (item.encode(), max(0.0, starts_in))
+        return self.responses.build(403, body, mode)
+
+    def _order_lookup(self, request: Request, conn: HttpConnection, raw_item: bytes, mode: int) -> bytes | Slot:
+        """GET /seckill/{item}/order?user=U: the user's live orders, e.g. after a 503."""
+        if request.method != b"GET" and request.method != b"HEAD":
+            self.count("order", 405)
+            return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_GET)
+        item = self._item(raw_item)
+        user = _user(request).decode()
+        if not user:
+            raise HttpError(400, "user is required: ?user=...")
+        # Not a task per lookup, as _later makes: the ReadBatcher sends the lookups of one
+        # tick together and calls back (a lookup cost five purchases' time through redis-py).
+        slot = self._slot_class(conn, conn.closing)
+        head = request.method == b"HEAD"
+
+        def done(reply: Any) -> None:
+            try:
+                faults.inject("order")
+                if isinstance(reply, BaseException):
+                    log.debug("order lookup failed: %r", reply)
+                    status, body, extra = 503, _UNAVAILABLE, _RETRY_AFTER
+                else:
+                    status, body, extra = self._orders_answer(item, user, order_book.lookup_orders(reply))
+                self.count("order", status)
+                answer = self.responses.build(status, body, mode, extra)
+                slot.set(strip_body(answer) if head else answer)
+            except Exception as exc:
+                slot.fail("order", exc)
+
+        if not self.reads.call(*order_book.lookup_call(item, user), done):
+            self.count("order", 503)
+            return self.responses.get(503, _UNAVAILABLE, mode, _RETRY_AFTER)
+        return slot
+
+    @staticmethod
+    def _orders_answer(item: str, user: str, orders: list[dict[str, Any]] | None) -> tuple[int, bytes, bytes]:
+        if orders is None:
+            return 404, json_body({"result": "unknown_item", "item": item}), b""
+        if not orders:
+            return 404, json_body({"result": "no_order", "item": item, "user": user}), b""
+        return 200, json_body({"item": item, "user": user, "orders": orders}), b""
+
+    # Slow paths: a few Redis calls each, answered through a slot.
+    def _later(self, conn: HttpConnection, mode: int, request: Request, work: Any, cache: bool = True,
+               route: str = "stock") -> Slot:
+        slot = self._slot_class(conn, conn.closing)
+        head = request.method == b"HEAD"
+
+        async def run() -> None:
+            # The one way a background answer is made: whatever raises, the slot is answered.
+            try:
+                try:
+                    faults.inject(route)
+                    status, body, extra = await asyncio.wait_for(work, self.config.redis_timeout)
+                except (TimeoutError, RedisError, OSError) as exc:
+                    log.debug("redis call failed: %r", exc)
+                    status, body, extra = 503, _UNAVAILABLE, _RETRY_AFTER
+                finally:
+                    work.close()  # (never started if the fault came first: not awaited)
+                self.count(route, status)
+                if cache:
+                    answer = self.responses.get(status, body, mode, extra)
+                else:
+                    answer = self.responses.build(status, body, mode, extra)
+                slot.set(strip_body(answer) if head else answer)
+            except Exception as exc:
+                slot.fail(route, exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return slot
+
+    async def _stock(self, item: str) -> tuple[int, bytes, bytes]:
+        status = await sale_store.sale_status(self.redis, item)
+        if status is None:
+            return 404, json_body({"result": "unknown_item", "item": item}), b""
+        public = {k: status[k] for k in ("item", "stock", "sold", "remaining")}
+        return 200, json_body(public), b""
+
+    async def _ready(self) -> tuple[int, bytes, bytes]:
+        await self.redis.ping()
+        return 200, _OK, b""
+
+
+def _reporting(base: type[Any]) -> type[Any]:
+    """`base` (a Slot) that logs its answer when it is set (SeckillApp.report)."""
+
+    class Reporting(base):  # type: ignore[misc]
+        __slots__ = ("request",)
+
+        def set(self, data: bytes) -> None:
+            app = self.app if hasattr(self, "app") else self.conn._app
+            request = getattr(self, "request", None)
+            if request is not None:
+                app.report(request, self.conn, data)
+            base.set(self, data)
+
+    Reporting.__name__ = f"Reporting{base.__name__}"
+    return Reporting
+
+
+_ROUTES = {b"/healthz": "healthz", b"/readyz": "readyz", b"/metrics": "metrics", b"/dashboard": "dashboard",
+           b"/dashboard.json": "dashboard.json", b"/limit": "purchase"}
+
+
+def _route_name(path: bytes) -> str:
+    """The metrics label of a path: a fixed set, whatever clients ask for."""
+    name = _ROUTES.get(path)
+    if name is not None:
+        return name
+    if path[:9] == b"/seckill/":
+        return "order" if path.endswith(b"/order") else "purchase"
+    if path[:7] == b"/stock/":
+        return "stock"
+    if path[:7] == b"/admin/":
+        return "admin"
+    return "not_found"
+
+
+def _user(request: Request) -> bytes:
+    """The buyer's id from `?user=` or a form/JSON body (the body wins); b"" when anonymous."""
+    if not request.body and _PLAIN_USER_QUERY.fullmatch(request.query):
+        return request.query[5:]  # what parse_qsl would give, without its cost
+    user = _form_user(request.query)
+    if request.body:
+        ctype = (request.header(b"content-type") or b"").split(b";")[0].strip().lower()
+        if ctype == b"application/json":
+            data = bodies.json_value(request.body)
+            named = data.get("user", "") if isinstance(data, dict) else None
+            if not isinstance(named, str):
+                raise HttpError(400, "user must be a string")
+            user = named or user
+        elif ctype in (b"", b"application/x-www-form-urlencoded"):
+            user = _form_user(request.body) or user
+        else:
+            raise HttpError(415, "body must be a form or JSON")
+    if len(user) > MAX_USER or not user.isprintable():
+        raise HttpError(400, f"user must be at most {MAX_USER} printable characters")
+    return user.encode()
+
+
+def _form_user(form: bytes) -> str:
+    """The last `user` in a query string or urlencoded form; "" if none."""
+    user = ""
+    for key, value in bodies.form_pairs(form):
+        if key == "user":
+            user = value
+    return user

@@ -1,0 +1,172 @@
+"""The serve flags: argparse with one-line errors and defaults shown only where they mean something."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any, NoReturn
+
+from seckill import __version__
+from seckill.config import Config
+from seckill.exits import EXIT_USAGE, Fatal
+from seckill.ops import request_logs
+from seckill.store.client import valid_url
+
+log = logging.getLogger("seckill")
+
+
+# --- CLI ----------------------------------------------------------------------------
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where there is none to show."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=100)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as a CLI tool's should be."""
+
+    def error(self, message: str) -> NoReturn:
+        raise Fatal(f"{message} (see --help)", EXIT_USAGE)
+
+
+
+
+def bounded(kind: type, low: float, high: float | None = None) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bound}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _redis_url(text: str) -> str:
+    if not valid_url(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a redis://, rediss://, unix:// or redis+cluster://host:port[,host:port...] URL")
+    return text
+
+
+def _rotation(text: str) -> str:
+    try:
+        request_logs.parse_rotation(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _proxies(text: str) -> str:
+    try:
+        request_logs.ProxyTrust(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return text
+
+
+def add_redis_flags(parser: argparse.ArgumentParser) -> None:
+    d = Config()
+    parser.add_argument(
+        "--redis", type=_redis_url, default=None, metavar="URL",
+        help="Redis URL (redis://, rediss://, unix://), or a Redis Cluster: "
+             "redis+cluster://[:password@]host:port[,host:port...]. Default: 127.0.0.1:6379 if it answers, "
+             "else the embedded redis-server under --data-dir",
+    )
+    parser.add_argument("--data-dir", default=d.data_dir, metavar="DIR",
+                        help="where the embedded Redis keeps its AOF and log")
+
+
+def build_serve_parser() -> argparse.ArgumentParser:
+    d = Config()
+    parser = Parser(
+        prog="seckill-server",
+        description="Flash-sale admission server: HTTP/1.1 on uvloop, stock in Redis.",
+        epilog="Sale admin: seckill-server {create,update,status,list,orders,cancel,confirm,delete} ... "
+               "(each takes --redis; see seckill-server create --help).",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"seckill {__version__}")
+    parser.add_argument("--host", default=d.host, help="address to listen on")
+    parser.add_argument("--port", type=bounded(int, 1, 65535), default=d.port, help="TCP port")
+    parser.add_argument("--uds", default=None, metavar="PATH",
+                        help="listen on this unix socket instead of --host/--port (behind nginx: "
+                        "deploy/nginx.conf); mode 0666, a stale one is replaced, removed at exit")
+    add_redis_flags(parser)
+    parser.add_argument("--fsync", choices=["always", "everysec"], default=d.fsync,
+                        help="the embedded Redis's AOF fsync: always (an acknowledged win survives a crash; "
+                        "about a third fewer wins per second while units remain) or everysec (a crash "
+                        "can lose the last ~1 s of wins). A --redis server keeps its own setting")
+    parser.add_argument("--workers", type=bounded(int, 1, 256), default=d.workers,
+                        help="worker processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--redis-timeout", type=bounded(float, 0.001), default=d.redis_timeout,
+                        metavar="SECONDS", help="a Redis call slower than this answers 503")
+    parser.add_argument("--gate-interval", type=bounded(float, 0.0), default=d.gate_interval,
+                        metavar="SECONDS",
+                        help="a sold-out item is answered 409 locally, re-checked this often")
+    parser.add_argument("--max-batch", type=bounded(int, 1, 100_000), default=d.max_batch,
+                        help="requests per script call, at most")
+    parser.add_argument("--max-waiting", type=bounded(int, 1), default=d.max_waiting,
+                        help="purchases waiting for Redis per worker before answering 503")
+    parser.add_argument("--max-in-flight", type=bounded(int, 1, 64), default=d.max_in_flight,
+                        help="batches sent to Redis and not yet answered, per worker")
+    parser.add_argument("--graceful-timeout", type=bounded(float, 0.0),
+                        default=d.graceful_timeout, metavar="SECONDS",
+                        help="on SIGTERM, time to finish what was read before exiting")
+    parser.add_argument("--keepalive-timeout", type=bounded(float, 0.0),
+                        default=d.keepalive_timeout, metavar="SECONDS",
+                        help="close a keep-alive connection idle this long (checked each second)")
+    parser.add_argument("--keepalive-requests", type=bounded(int, 1), default=d.keepalive_requests,
+                        metavar="N", help="requests per connection, then Connection: close")
+    parser.add_argument("--header-timeout", type=bounded(float, 0.0), default=d.header_timeout,
+                        metavar="SECONDS",
+                        help="a request's head must arrive whole within this from its first byte, else 408")
+    parser.add_argument("--body-timeout", type=bounded(float, 0.0), default=d.body_timeout,
+                        metavar="SECONDS", help="a request body stalled this long between two reads gets 408")
+    parser.add_argument("--send-timeout", type=bounded(float, 0.0), default=d.send_timeout,
+                        metavar="SECONDS",
+                        help="a client that takes none of its answers this long (write buffer full) is dropped")
+    parser.add_argument("--max-connections", type=bounded(int, 1), default=d.max_connections,
+                        metavar="N", help="open connections per worker; at the limit, stop accepting "
+                        "until one closes (new clients wait in the backlog)")
+    parser.add_argument("--backlog", type=bounded(int, 1), default=d.backlog,
+                        help="listen backlog per worker")
+    parser.add_argument("--no-demo", dest="demo", action="store_false",
+                        help="do not create the demo sale 'limit' (stock 100, 95 sold) at start")
+    parser.add_argument("--log-level", default=d.log_level,
+                        choices=["debug", "info", "warning", "error"], help="server log level")
+    parser.add_argument("--admin-token", default=None,
+                        metavar="TOKEN", help="enables the /admin/ API for `Authorization: Bearer TOKEN` "
+                        "(default: $SECKILL_ADMIN_TOKEN; unset: /admin/ is 404). Prefer the variable: "
+                        "a flag shows in ps")
+    parser.add_argument("--access-log", default=None, metavar="PATH",
+                        help="log each request in nginx's combined format to PATH, or - for stdout (default: off)")
+    parser.add_argument("--result-log", default=None, metavar="PATH",
+                        help="log each purchase decision (time, item, user, result, order, client) as a JSON "
+                        "line to PATH, or - for stdout (default: off)")
+    parser.add_argument("--log-rotate", type=_rotation, default=d.log_rotate, metavar="WHEN",
+                        help="rotate the access and result logs: midnight, hourly, every N seconds (60s), or never")
+    parser.add_argument("--log-backups", type=bounded(int, 0, 10_000), default=d.log_backups, metavar="N",
+                        help="rotated files kept per log")
+    parser.add_argument("--forwarded-allow-ips", type=_proxies, default=d.forwarded_allow_ips, metavar="IPS",
+                        help="comma-separated addresses or networks of proxies (nginx) whose X-Forwarded-For / "
+                        "X-Real-IP name the client in the logs; * trusts any peer; unix-socket peers are trusted")
+    parser.add_argument("--no-metrics", dest="metrics", action="store_false",
+                        help="no /metrics and no counting behind it (the dashboard then shows sales only)")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="serve the live sale dashboard at /dashboard (its data, /dashboard.json, needs "
+                        "the admin token when one is set)")
+    parser.add_argument("--sweep-interval", type=bounded(float, 0.05, 3600), default=d.sweep_interval,
+                        metavar="SECONDS", help="how often each worker expires unpaid holds")
+    return parser

@@ -1,0 +1,49 @@
+"""Config: what the user set (flags and environment), nothing wired at run time."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from seckill.admission import batcher as batching
+from seckill.http.connection import Limits
+
+log = logging.getLogger("seckill")
+
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    uds: str | None = None  # a unix socket to listen on instead of host:port (behind nginx)
+    redis: str | None = None  # None: 127.0.0.1:6379 if it answers, else the embedded one
+    data_dir: str = "./seckill-data"
+    fsync: str = "always"  # the embedded Redis's appendfsync: "always" loses no acknowledged win
+    workers: int = 1
+    redis_timeout: float = 1.0
+    gate_interval: float = 0.1
+    max_batch: int = batching.DEFAULT_MAX_BATCH
+    max_waiting: int = batching.DEFAULT_MAX_WAITING
+    max_in_flight: int = batching.DEFAULT_MAX_IN_FLIGHT
+    graceful_timeout: float = 10.0
+    keepalive_timeout: float = Limits.keepalive_timeout
+    keepalive_requests: int = Limits.keepalive_requests
+    header_timeout: float = Limits.header_timeout
+    body_timeout: float = Limits.body_timeout
+    send_timeout: float = Limits.send_timeout
+    max_connections: int = Limits.max_connections
+    backlog: int = 2048
+    demo: bool = True
+    log_level: str = "info"
+    admin_token: str | None = dataclasses.field(default=None, repr=False)  # never in a log
+    sweep_interval: float = 1.0
+    metrics: bool = True  # /metrics, and the counting behind it
+    dashboard: bool = False  # /dashboard and /dashboard.json
+    metrics_dir: str | None = None  # set by the parent: where workers publish their counters (metrics.Board)
+    access_log: str | None = None  # a path, or "-" for stdout
+    result_log: str | None = None
+    log_rotate: str = "midnight"
+    log_backups: int = 7
+    forwarded_allow_ips: str = "127.0.0.1"
