@@ -1,4 +1,5 @@
-# make run: the server on :5000 with its embedded Redis.  make test: the test suite.
+# make run: the server on :5000 with its embedded Redis (ARGS="--reset-demo ...": more flags).
+# make test: the test suite.
 # Each target creates .venv and installs what it needs on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -20,7 +21,7 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 	touch $@
 
 run: $(VENV)/.installed-base
-	$(BIN)/python seckill_server.py --port 5000
+	$(BIN)/python seckill_server.py --port 5000 $(ARGS)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -36,6 +36,7 @@ class Config:
     max_connections: int = Limits.max_connections
     backlog: int = 2048
     demo: bool = True
+    reset_demo: bool = False  # delete the demo sale at start, so it is created afresh
     log_level: str = "info"
     admin_token: str | None = dataclasses.field(default=None, repr=False)  # never in a log
     sweep_interval: float = 1.0

@@ -14,6 +14,7 @@ import pytest
 
 from seckill.admission import batcher as batching
 from seckill.admission.batcher import Batcher
+from seckill.sales import outcomes
 
 
 class ScriptedPipe:
@@ -94,7 +95,7 @@ def test_any_failure_of_the_redis_call_answers_every_request_unavailable(error: 
         return waiters
 
     for waiter in asyncio.run(run()):
-        assert waiter.outcomes == [(batching.UNAVAILABLE, 0)]
+        assert waiter.outcomes == [(outcomes.UNAVAILABLE, 0)]
 
 
 def test_a_request_queued_behind_a_stuck_batch_is_answered_within_the_timeout_of_its_arrival() -> None:
@@ -111,7 +112,7 @@ def test_a_request_queued_behind_a_stuck_batch_is_answered_within_the_timeout_of
         return time.monotonic() - arrived, second.outcomes[0][0], len(pipe.calls)
 
     waited, outcome, _ = asyncio.run(run())
-    assert outcome == batching.UNAVAILABLE
+    assert outcome == outcomes.UNAVAILABLE
     # Before: the second batch got a whole timeout of its own once sent (0.75 s here).
     assert waited < timeout + 0.15
 
@@ -140,7 +141,7 @@ def test_an_exception_while_answering_fails_the_requests_not_answered_yet() -> N
         return waiters
 
     first, broken, last = asyncio.run(run())
-    assert first.outcomes == [(batching.WON, 1)]  # answered before it raised: stays answered
+    assert first.outcomes == [(outcomes.WON, 1)]  # answered before it raised: stays answered
     assert broken.failures == ["batch"]
     assert last.failures == ["batch"]
 
@@ -158,12 +159,12 @@ def test_the_not_started_gate_answers_until_just_before_the_start_redis_gave() -
         batcher.submit("item", b"", waiter)
         await answers([waiter])
         gate = batcher.gate("item")
-        assert waiter.outcomes == [(batching.NOT_STARTED, starts_in_ms)]
+        assert waiter.outcomes == [(outcomes.NOT_STARTED, starts_in_ms)]
         await asyncio.sleep(starts_in_ms / 1000 - batching.START_MARGIN + 0.01)
         return gate, sent, batcher.gate("item")
 
     gate, sent, later = asyncio.run(run())
-    assert gate is not None and gate[1] == batching.NOT_STARTED
+    assert gate is not None and gate[1] == outcomes.NOT_STARTED
     start = gate[2]
     assert sent <= start - starts_in_ms / 1000 <= sent + 0.1  # measured from the send: the earliest start
     assert gate[0] == pytest.approx(start - batching.START_MARGIN)  # not the 10 s gate interval
@@ -171,8 +172,8 @@ def test_the_not_started_gate_answers_until_just_before_the_start_redis_gave() -
 
 
 @pytest.mark.parametrize(("reply", "outcome"), [
-    ([b"0", b"0", b"1", b"tag", b""], batching.SOLD_OUT),
-    ([b"0", b"-1", b"0", b"tag", b"E"], batching.ENDED),
+    ([b"0", b"0", b"1", b"tag", b""], outcomes.SOLD_OUT),
+    ([b"0", b"-1", b"0", b"tag", b"E"], outcomes.ENDED),
 ])
 def test_sold_out_and_ended_are_gated_for_the_gate_interval(reply: list[bytes], outcome: int) -> None:
     async def run() -> Any:

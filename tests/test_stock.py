@@ -201,13 +201,13 @@ def test_script_cache_flushed_while_serving(start_server, redis_client: redis.Re
 
 def test_malformed_script_replies_are_refused_whole() -> None:
     """A reply in no shape the script gives answers the whole batch 503, nobody half."""
-    from seckill.admission.batcher import _well_formed
+    from seckill.sales.sale_store import admit_reply_ok
 
     good = [[], [b"1", b"0", b"1", b"t", b""], [b"0", b"-1", b"0", b"t", b"E"],
             [b"0", b"-1", b"0", b"t", b"N", b"1500"], [b"2", b"0", b"1", b"t", b"WAW"],
             [b"1", b"0", b"1", b"t", b"", b"1764000000000"]]  # the last: a hold
-    assert all(_well_formed(reply, 3) for reply in good)
+    assert all(admit_reply_ok(reply, 3) for reply in good)
     bad = [None, b"x", [b"1"], [b"1", b"0", b"1", b"t"], [b"1", b"0", b"1", b"t", b"WW"],
            [b"1", b"0", b"1", b"t", b"WXW"], [b"0", b"-1", b"0", b"t", b"E", b"1"],
            [b"1", b"0", b"1", b"t", b"", b"soon"]]
-    assert not any(_well_formed(reply, 3) for reply in bad)
+    assert not any(admit_reply_ok(reply, 3) for reply in bad)

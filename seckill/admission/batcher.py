@@ -30,14 +30,24 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
+from typing import TYPE_CHECKING, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from seckill.ops.faults import inject
-from seckill.sales.sale_store import ADMIT_LUA, admit_keys
+from seckill.sales.outcomes import (
+    ENDED,
+    HELD,
+    NOT_STARTED,
+    SOLD_OUT,
+    UNAVAILABLE,
+    UNKNOWN_ITEM,
+    WON,
+    Outcome,
+)
+from seckill.sales.sale_store import ADMIT_LETTERS, ADMIT_LUA, admit_keys, admit_reply_ok
 from seckill.store.client import BatchPipe
 
 if TYPE_CHECKING:
@@ -45,19 +55,6 @@ if TYPE_CHECKING:
     from seckill.ops.metrics import WorkerStats
 
 log = logging.getLogger("seckill.batcher")
-
-# Outcomes of one purchase.
-WON = 0
-SOLD_OUT = 1
-UNKNOWN_ITEM = 2
-UNAVAILABLE = 3
-ALREADY_BOUGHT = 4
-NOT_STARTED = 5
-ENDED = 6
-USER_REQUIRED = 7
-HELD = 8  # won, as a hold: pending until confirmed or its deadline
-# The admission script's per-request letters (sale_store.ADMIT_LUA).
-_LETTERS = {ord("W"): WON, ord("S"): SOLD_OUT, ord("A"): ALREADY_BOUGHT, ord("U"): USER_REQUIRED}
 
 # One script call carries at most this many requests: bounds the script's run time
 # (Redis serves nobody else meanwhile) and the size of one command.
@@ -79,7 +76,7 @@ ADMIT_SHA = hashlib.sha1(ADMIT_LUA.encode()).hexdigest()
 class Waiter(Protocol):
     t0: float  # time.monotonic() when the request was read (set when metrics are on)
 
-    def finish(self, outcome: int, tag: bytes, value: int, until: int = 0) -> None:
+    def finish(self, outcome: Outcome, tag: bytes, value: int, until: int = 0) -> None:
         """The purchase's outcome. WON and HELD: the order id is `<tag>-<value>` (value is
         the seq), and a hold lasts `until` (ms since the epoch); NOT_STARTED: value is the
         ms until the sale starts."""
@@ -90,7 +87,7 @@ class Waiter(Protocol):
 
 # A gate: until when (time.monotonic()), the outcome it answers, and for NOT_STARTED the
 # earliest the sale can start (time.monotonic()).
-Gate = tuple[float, int, float]
+Gate = tuple[float, Outcome, float]
 
 
 class Batcher:
@@ -264,7 +261,7 @@ class Batcher:
         self, item: str, requests: Sequence[tuple[bytes, Waiter]], reply: object, now: float, sent: float
     ) -> None:
         stats = self._stats
-        if not _well_formed(reply, len(requests)):
+        if not admit_reply_ok(reply, len(requests)):
             if isinstance(reply, ResponseError) or not isinstance(reply, BaseException):
                 # The script failed (Redis out of memory, a bug, bad data), or replied in a
                 # shape it never does. Every call of a batch can fail so: rate-limited.
@@ -312,7 +309,7 @@ class Batcher:
                 waiter.finish(ENDED, b"", 0)
         else:
             for (_, waiter), letter in zip(requests, outcomes, strict=True):
-                outcome = _LETTERS[letter]
+                outcome = ADMIT_LETTERS[letter]
                 if outcome == WON:
                     waiter.finish(won, tag, seq, until)
                     seq += 1
@@ -320,11 +317,11 @@ class Batcher:
                     waiter.finish(outcome, b"", 0)
 
 
-    def _count(self, item: str, outcome: int, count: int) -> None:
+    def _count(self, item: str, outcome: Outcome, count: int) -> None:
         if self._stats is not None:
             self._stats.count_results(item, outcome, count)
 
-    def _count_reply(self, item: str, requests: int, granted: int, outcomes: bytes, won: int) -> None:
+    def _count_reply(self, item: str, requests: int, granted: int, outcomes: bytes, won: Outcome) -> None:
         """Metrics: one script call's results, counted per call rather than per request."""
         count = self._count
         if not outcomes:
@@ -335,24 +332,7 @@ class Batcher:
         elif outcomes == b"E":
             count(item, ENDED, requests)
         else:
-            for letter, outcome in _LETTERS.items():
+            for letter, outcome in ADMIT_LETTERS.items():
                 n = outcomes.count(letter)
                 if n:
                     count(item, won if outcome == WON else outcome, n)
-
-
-def _well_formed(reply: object, requests: int) -> TypeGuard[list[Any]]:
-    """The admission script's reply has one of its shapes (checked before anyone is answered,
-    so a bad reply cannot leave a batch half answered)."""
-    if not isinstance(reply, list):
-        return False
-    if not reply:
-        return True
-    if len(reply) not in (5, 6):
-        return False
-    outcomes = reply[4]
-    if outcomes == b"N":
-        return len(reply) == 6
-    if len(reply) == 6 and (outcomes == b"E" or not reply[5].isdigit()):  # a hold's deadline
-        return False
-    return bool(outcomes in (b"", b"E") or (len(outcomes) == requests and not outcomes.strip(b"WSAU")))

@@ -31,7 +31,8 @@ from seckill.http.responses import (
     strip_body,
 )
 from seckill.ops import dashboard, faults, metrics, request_logs
-from seckill.sales import order_book, sale_store
+from seckill.sales import order_book, outcomes, sale_store
+from seckill.sales.outcomes import ANSWERS, Outcome
 from seckill.store.reads import ReadBatcher
 
 log = logging.getLogger("seckill")
@@ -54,20 +55,15 @@ _OK = json_body({"status": "ok"})
 _NO_STORE = b"Cache-Control: no-store\r\n"
 _HTML = b"text/html; charset=utf-8"
 _PAGE_HEADERS = b"Content-Security-Policy: %s\r\n%s" % (dashboard.PAGE_CSP, _NO_STORE)
-_SOLD_OUT = batching.SOLD_OUT
+_SOLD_OUT = outcomes.SOLD_OUT
 _monotonic = time.monotonic
 _ITEM_CACHE_MAX = 10_000  # validated item names kept per worker; bounds client-chosen keys
 
 
-# Status and result of each outcome with a fixed answer (WON, NOT_STARTED and UNAVAILABLE
-# are built where they are answered).
-_OUTCOMES = {
-    batching.SOLD_OUT: (409, b"sold_out"),
-    batching.ALREADY_BOUGHT: (409, b"already_bought"),
-    batching.UNKNOWN_ITEM: (404, b"unknown_item"),
-    batching.ENDED: (403, b"ended"),
-    batching.USER_REQUIRED: (400, b"user_required"),
-}
+# Status and result of each outcome with a fixed answer (WON, HELD, NOT_STARTED and
+# UNAVAILABLE are built where they are answered).
+_FIXED = {o: (status, word.encode()) for o, (status, word) in ANSWERS.items()
+          if o not in (outcomes.WON, outcomes.HELD, outcomes.NOT_STARTED, outcomes.UNAVAILABLE)}
 
 
 class Purchase(Slot):
@@ -84,18 +80,18 @@ class Purchase(Slot):
         self.item = item
         self.mode = mode
 
-    def finish(self, outcome: int, tag: bytes, value: int, until: int = 0) -> None:
-        if outcome == batching.WON:
+    def finish(self, outcome: Outcome, tag: bytes, value: int, until: int = 0) -> None:
+        if outcome == outcomes.WON:
             body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d}' % (
                 self.item.encode(), tag, value, value,
             )
             self.set(self.app.responses.build(200, body, self.mode))
-        elif outcome == batching.HELD:
+        elif outcome == outcomes.HELD:
             body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d,"state":"pending","hold_until":"%s"}' % (
                 self.item.encode(), tag, value, value, (sale_store.iso(until) or "").encode(),
             )
             self.set(self.app.responses.build(200, body, self.mode))
-        elif outcome == batching.NOT_STARTED:
+        elif outcome == outcomes.NOT_STARTED:
             self.set(self.app.not_started_answer(self.item, value / 1000, self.mode))
         else:
             self.set(self.app.purchase_answer(self.item, outcome, self.mode))
@@ -349,28 +345,28 @@ class SeckillApp:
                 return self.purchase_answer(item, outcome, mode)
             if self.stats is not None:
                 self.stats.count_results(item, outcome, 1)
-            if outcome == batching.NOT_STARTED:
+            if outcome == outcomes.NOT_STARTED:
                 return self.not_started_answer(item, gate[2] - time.monotonic(), mode)
             return self.purchase_answer(item, outcome, mode)
         user = _user(request) if request.query or request.body else b""
         purchase = self._purchase_class(self, conn, item, mode)
         if not batcher.submit(item, user, purchase):
             if self.stats is not None:
-                self.stats.count_results(item, batching.UNAVAILABLE, 1)
-            return self.purchase_answer(item, batching.UNAVAILABLE, mode)
+                self.stats.count_results(item, outcomes.UNAVAILABLE, 1)
+            return self.purchase_answer(item, outcomes.UNAVAILABLE, mode)
         return purchase
 
-    def purchase_answer(self, item: str, outcome: int, mode: int) -> bytes:
+    def purchase_answer(self, item: str, outcome: Outcome, mode: int) -> bytes:
         """The answer for an outcome other than WON (those carry an order: Purchase.finish)."""
         memo = self.responses.memo
         key = (outcome, item, mode)
         answer = memo.get(key)
         if answer is not None:
             return answer
-        if outcome == batching.UNAVAILABLE:
+        if outcome == outcomes.UNAVAILABLE:
             answer = self.responses.build(503, _UNAVAILABLE, mode, _RETRY_AFTER)
         else:
-            status, result = _OUTCOMES[outcome]
+            status, result = _FIXED[outcome]
             body = b'{"result":"%s","item":"%s"}' % (result, item.encode())
             answer = self.responses.build(status, body, mode)
         if len(memo) < MAX_CACHED:
@@ -500,6 +496,11 @@ def _route_name(path: bytes) -> str:
     return "not_found"
 
 
+_BODY_TYPES = "body must be application/x-www-form-urlencoded or application/json"
+# A file upload's encoding for one short field: not worth a multipart parser on the purchase path.
+_MULTIPART = _BODY_TYPES + " (multipart/form-data, curl -F, is not accepted: use curl -d user=...)"
+
+
 def _user(request: Request) -> bytes:
     """The buyer's id from `?user=` or a form/JSON body (the body wins); b"" when anonymous."""
     if not request.body and _PLAIN_USER_QUERY.fullmatch(request.query):
@@ -515,8 +516,10 @@ def _user(request: Request) -> bytes:
             user = named or user
         elif ctype in (b"", b"application/x-www-form-urlencoded"):
             user = _form_user(request.body) or user
+        elif ctype == b"multipart/form-data":
+            raise HttpError(415, _MULTIPART)
         else:
-            raise HttpError(415, "body must be a form or JSON")
+            raise HttpError(415, _BODY_TYPES)
     if len(user) > MAX_USER or not user.isprintable():
         raise HttpError(400, f"user must be at most {MAX_USER} printable characters")
     return user.encode()

@@ -108,6 +108,8 @@ async def _admin(args: argparse.Namespace, url: str) -> int:
         except sale_store.SaleError as exc:
             raise Fatal(str(exc), EXIT_USAGE) from exc
         return 0
+    except BrokenPipeError:
+        raise  # our stdout, not Redis (`orders ITEM | head -1`): main() ends quietly
     except (RedisError, OSError) as exc:
         raise Fatal(f"Redis at {mask_url(url)}: {exc}", EXIT_REDIS) from exc
     finally:

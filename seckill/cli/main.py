@@ -24,6 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Fatal as exc:
         print(f"seckill-server: error: {exc}", file=sys.stderr)
         return exc.code
+    except BrokenPipeError:
+        # The reader of our stdout went away (`| head`): as `head` users expect, a quiet
+        # exit 0; stdout is pointed at /dev/null so the interpreter's last flush is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _main(argv: list[str]) -> int:

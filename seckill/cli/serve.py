@@ -18,13 +18,14 @@ log = logging.getLogger("seckill")
 # --- CLI ----------------------------------------------------------------------------
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default, except where there is none to show."""
+    """Shows each flag's default, except where there is none to show: no default, or a
+    switch (`--no-demo ... (default: True)` reads as "off by default")."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=30, width=100)
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None:
+        if action.default is None or isinstance(action.default, bool):
             return action.help or ""
         return super()._get_help_string(action) or ""
 
@@ -144,6 +145,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
                         help="listen backlog per worker")
     parser.add_argument("--no-demo", dest="demo", action="store_false",
                         help="do not create the demo sale 'limit' (stock 100, 95 sold) at start")
+    parser.add_argument("--reset-demo", action="store_true",
+                        help="start the demo sale afresh (a restart otherwise keeps what was sold: once "
+                        "sold out, the demo gives 0 wins)")
     parser.add_argument("--log-level", default=d.log_level,
                         choices=["debug", "info", "warning", "error"], help="server log level")
     parser.add_argument("--admin-token", default=None,

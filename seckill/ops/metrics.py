@@ -33,22 +33,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from seckill.admission import batcher as batching
+from seckill.sales.outcomes import ANSWERS, Outcome
 
 PUBLISH_INTERVAL = 0.25  # seconds between a worker's snapshots: how stale another worker's counts can be
 
 # Purchase outcomes as metric labels, and the HTTP status each is answered with.
-RESULTS = {
-    batching.WON: ("won", 200),
-    batching.HELD: ("won", 200),  # a win held until paid
-    batching.SOLD_OUT: ("sold_out", 409),
-    batching.ALREADY_BOUGHT: ("already_bought", 409),
-    batching.UNKNOWN_ITEM: ("unknown_item", 404),
-    batching.NOT_STARTED: ("not_started", 403),
-    batching.ENDED: ("ended", 403),
-    batching.USER_REQUIRED: ("user_required", 400),
-    batching.UNAVAILABLE: ("unavailable", 503),
-}
+RESULTS = {outcome: (word, status) for outcome, (status, word) in ANSWERS.items()}
 # Item names are chosen by clients: an item is its own label value only once this worker
 # has seen its sale exist (an admission reply from Redis); every other name, on every path
 # (unknown, or refused before Redis answered: 503s while Redis is down), is counted under
@@ -128,7 +118,7 @@ class WorkerStats:
     def forget_sale(self, item: str) -> None:
         self.sales.discard(item)
 
-    def count_results(self, item: str, outcome: int, count: int) -> None:
+    def count_results(self, item: str, outcome: Outcome, count: int) -> None:
         if item not in self.sales:
             item = NO_SALE
         key = (item, outcome)

@@ -70,13 +70,27 @@ async def _prepare(config: Config) -> None:
     try:
         await redis.script_load(sale_store.ADMIT_LUA)
         await _log_durability(redis)
-        if config.demo and await sale_store.create_sale(
-            redis, sale_store.DEMO_ITEM, sale_store.Terms(stock=sale_store.DEMO_STOCK), sale_store.DEMO_SOLD
-        ):
-            log.info("created the demo sale %r: stock %d, %d already sold",
-                     sale_store.DEMO_ITEM, sale_store.DEMO_STOCK, sale_store.DEMO_SOLD)
+        if config.demo:
+            await _demo_sale(redis, config.reset_demo)
     finally:
         await redis.aclose()
+
+
+async def _demo_sale(redis: Redis, reset: bool) -> None:
+    """The seed's demo sale: created once (a restart keeps what was sold), or afresh with
+    --reset-demo. A demo left sold out by an earlier run says so, and how to start over."""
+    item = sale_store.DEMO_ITEM
+    if reset:
+        await sale_store.delete_sale(redis, item)
+    if await sale_store.create_sale(redis, item, sale_store.Terms(stock=sale_store.DEMO_STOCK),
+                                    sale_store.DEMO_SOLD):
+        log.info("created the demo sale %r: stock %d, %d already sold%s", item, sale_store.DEMO_STOCK,
+                 sale_store.DEMO_SOLD, " (--reset-demo)" if reset else "")
+        return
+    status = await sale_store.sale_status(redis, item)
+    if status is not None and status["remaining"] == 0:
+        log.info("the demo sale %r is sold out (%d of %d, from an earlier run): start with --reset-demo "
+                 "(make run ARGS=--reset-demo) to sell it again", item, status["sold"], status["stock"])
 
 
 async def _log_durability(redis: Redis) -> None:
@@ -170,11 +184,17 @@ def _serve_with_redis(config: Config, listening: socket.socket | None) -> int:
             asyncio.run(_prepare(config))
         except (RedisError, OSError) as exc:
             raise Fatal(f"Redis at {mask_url(url)} failed during start-up: {exc}", EXIT_REDIS) from exc
+        where = f"unix:{config.uds}" if config.uds else f"http://{config.host}:{config.port}"
         log.info(
             "seckill %s serving %s with %d worker%s, Redis %s, redis timeout %gs",
-            __version__, f"unix:{config.uds}" if config.uds else f"http://{config.host}:{config.port}",
-            config.workers, "" if config.workers == 1 else "s", mask_url(url), config.redis_timeout,
+            __version__, where, config.workers, "" if config.workers == 1 else "s", mask_url(url),
+            config.redis_timeout,
         )
+        if config.admin_token is not None:
+            log.info("admin API at %s/admin/items (Authorization: Bearer <the admin token>)", where)
+        if config.dashboard:
+            log.info("dashboard at %s/dashboard%s", where,
+                     " (its data needs the admin token)" if config.admin_token is not None else "")
         log.info(
             "limits per worker: %d connections, %d requests per connection, timeouts: header %gs, "
             "body %gs, keep-alive %gs, send %gs, graceful %gs; %d purchases waiting for Redis at most",

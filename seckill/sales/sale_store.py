@@ -46,10 +46,12 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+
+from seckill.sales.outcomes import Outcome
 
 KEY_PREFIX = "seckill:"
 ITEMS_KEY = "seckill:items"
@@ -574,3 +576,25 @@ async def list_sales(redis: Redis) -> list[dict[str, Any]]:
             pipe.hmget(sale_key(item), _STATUS_FIELDS)
         rows = await pipe.execute()
     return [status for item, row in zip(items, rows, strict=True) if (status := _status(item, row))]
+
+
+# The admission script's per-request letters (ADMIT_LUA's reply), as outcomes.
+ADMIT_LETTERS = {ord("W"): Outcome.WON, ord("S"): Outcome.SOLD_OUT, ord("A"): Outcome.ALREADY_BOUGHT,
+                 ord("U"): Outcome.USER_REQUIRED}
+
+
+def admit_reply_ok(reply: object, requests: int) -> TypeGuard[list[Any]]:
+    """The admission script's reply has one of its shapes (checked before anyone is answered,
+    so a bad reply cannot leave a batch half answered)."""
+    if not isinstance(reply, list):
+        return False
+    if not reply:
+        return True
+    if len(reply) not in (5, 6):
+        return False
+    outcomes = reply[4]
+    if outcomes == b"N":
+        return len(reply) == 6
+    if len(reply) == 6 and (outcomes == b"E" or not reply[5].isdigit()):  # a hold's deadline
+        return False
+    return bool(outcomes in (b"", b"E") or (len(outcomes) == requests and not outcomes.strip(b"WSAU")))

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,8 +32,11 @@ from redis.exceptions import NoScriptError, RedisError
 
 from seckill.store.client import BatchPipe
 
-if TYPE_CHECKING:
-    from seckill.ops.faults import Faults
+
+class Faults(Protocol):
+    """Where a bug met here is reported (seckill.ops.faults.Faults)."""
+
+    def report(self, site: str, exc: BaseException) -> None: ...
 
 log = logging.getLogger("seckill.reads")
 
