@@ -31,7 +31,7 @@ bench: $(VENV)/.installed-bench
 
 # Coverage-guided fuzzing of the HTTP parser (atheris); FUZZ_ARGS=-max_total_time=600 for longer.
 fuzz: $(VENV)/.installed-dev
-	$(BIN)/python fuzz/fuzz_parser.py $(or $(FUZZ_ARGS),-max_total_time=60)
+	$(BIN)/python -m fuzz.fuzz_parser $(or $(FUZZ_ARGS),-max_total_time=60)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

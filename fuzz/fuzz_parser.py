@@ -1,13 +1,14 @@
 """Coverage-guided fuzzing of the request parser with atheris (libFuzzer).
 
-    make fuzz                                     # a minute
-    .venv/bin/python fuzz/fuzz_parser.py -max_total_time=600 [CORPUS_DIR]
+    make fuzz                                        # a minute
+    .venv/bin/python -m fuzz.fuzz_parser -max_total_time=600 [CORPUS_DIR]
+                                                     # (from the repository's root)
 
 The invariant is the hypothesis tests' (tests/test_protocol_fuzz.py), with coverage
 feedback instead of random draws: any bytes either parse into requests or raise
 `HttpError`, never anything else, and splitting them anywhere changes nothing. A
 failure stops the run and leaves the input in a `crash-*` file to replay:
-`python fuzz/fuzz_parser.py crash-...`.
+`.venv/bin/python -m fuzz.fuzz_parser crash-...`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,10 @@ from pathlib import Path
 
 import atheris
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # (the shared cases: until tests/support exists)
-
 with atheris.instrument_imports():
     from seckill.http import protocol  # noqa: F401  (instrumented: the parser is what we fuzz)
 
-from test_protocol_fuzz import SEEDS, chop, parse  # noqa: E402
+from tests.support.parser_cases import SEEDS, chop, parse  # noqa: E402
 
 MAX_CUTS = 4
 

@@ -136,17 +136,6 @@ class EmbeddedRedis:
             tail = []
         raise RedisStartError("redis-server did not start: " + " | ".join(tail))
 
-    def restart(self, timeout: float = 10.0) -> None:
-        """Start again on the same port and data (after kill() or stop())."""
-        self._spawn(timeout)
-
-    def kill(self) -> None:
-        """Kill -9, as a crash would (tests)."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
         if process is None:

@@ -41,9 +41,9 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import OwnRedis, create_sale, kill_storm, stream_events
-from http_client import Response, close_writer, pipeline_bursts, read_one
 from seckill.sales import sale_store
+from support.helpers import OwnRedis, create_sale, kill_storm, stream_events
+from support.http_client import Response, close_writer, pipeline_bursts, read_one
 
 ITEM = "chaos"
 STOCK = 5000

@@ -16,9 +16,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from conftest import ROOT, admit, create_sale, stream_events, stream_orders
-from http_client import TOKEN, admin, buy, fetch, get, parse_one
 from seckill.sales import order_book, sale_store
+from support.helpers import ROOT, admit, create_sale, stream_events, stream_orders
+from support.http_client import TOKEN, admin, buy, fetch, get, parse_one
 
 
 def status(client: redis.Redis, item: str) -> dict[str, int]:

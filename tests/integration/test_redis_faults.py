@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import OwnRedis, create_sale, poll, stream_orders
-from http_client import Conn, Response, fetch, get, parse_one
 from seckill.sales import sale_store
+from support.helpers import OwnRedis, create_sale, poll, refuses_connections, stream_orders, unread_bytes_at
+from support.http_client import Conn, Response, fetch, get, parse_one
 
 UNAVAILABLE = {"result": "unavailable"}
 
@@ -73,29 +73,6 @@ async def until(event: asyncio.Event, what: Callable[[], str], timeout: float = 
         await asyncio.wait_for(event.wait(), timeout)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what()}") from None
-
-
-def refuses_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return False
-    except ConnectionRefusedError:
-        return True
-
-
-def unread_bytes_at(port: int) -> int:
-    """Bytes waiting unread in the receive queues of the connections to a local TCP port
-    (/proc/net/tcp): with Redis stopped, a command a worker sent to it shows up here."""
-    total = 0
-    with open("/proc/net/tcp") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            rx_queue = int(fields[4].split(":")[1], 16)
-            if local_port == port and fields[3] == "01":  # ESTABLISHED
-                total += rx_queue
-    return total
 
 
 def orders_by_id(client: redis.Redis, item: str) -> dict[str, dict[str, Any]]:

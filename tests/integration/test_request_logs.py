@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import ROOT, create_sale, poll
-from http_client import Conn, fetch, hammer
 from seckill.ops import request_logs
+from support.helpers import ROOT, create_sale, poll
+from support.http_client import Conn, fetch, hammer
 
 # nginx's combined format: $remote_addr - $remote_user [$time_local] "$request" $status
 # $body_bytes_sent "$http_referer" "$http_user_agent"

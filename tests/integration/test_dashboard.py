@@ -32,9 +32,9 @@ from typing import Any
 import pytest
 import websocket
 
-from conftest import create_sale, poll, require_tool
-from http_client import Conn, buy, fetch, get
 from seckill.ops import dashboard
+from support.helpers import create_sale, poll, require_tool
+from support.http_client import Conn, buy, fetch, get
 
 # Installed into every tab before any page script runs (DevTools-injected scripts are not
 # subject to the page's CSP): collects what the page would otherwise only log.

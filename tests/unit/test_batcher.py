@@ -5,7 +5,6 @@ script itself is tested against a real Redis elsewhere (test_stock.py, test_orde
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,24 +14,7 @@ import pytest
 from seckill.admission import batcher as batching
 from seckill.admission.batcher import Batcher
 from seckill.sales import outcomes
-
-
-class ScriptedPipe:
-    """A BatchPipe whose execute() does what the test says."""
-
-    def __init__(self, behave: Callable[[Sequence[tuple[Any, ...]]], Any]) -> None:
-        self.behave = behave
-        self.calls: list[Sequence[tuple[Any, ...]]] = []
-
-    async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        self.calls.append(commands)
-        result = self.behave(commands)
-        if inspect.isawaitable(result):  # (a coroutine, or a future that never resolves: `never`)
-            result = await result
-        return result  # type: ignore[no-any-return]
-
-    async def close(self) -> None:
-        pass
+from support.scripted import ScriptedPipe, never
 
 
 class Waiter:
@@ -65,10 +47,6 @@ def won(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     """Every request of every call wins (the script's "" outcomes form). A call is EVALSHA,
     the sha, 7, seven keys, the batch id, then one user per request."""
     return [[str(len(c) - 11).encode(), b"1000", b"1", b"tag", b""] for c in commands]
-
-
-def never(commands: Sequence[tuple[Any, ...]]) -> Any:
-    return asyncio.get_running_loop().create_future()  # a Redis that never answers
 
 
 async def answers(waiters: list[Waiter], bound: float = 5.0) -> None:

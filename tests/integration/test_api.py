@@ -13,12 +13,11 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ServerProcess, create_sale, stream_orders
-from http_client import Conn, fetch, get, parse_one
 from seckill.http.protocol import HttpError
 from seckill.store.embedded import EmbeddedRedis, free_port
-from test_protocol import BAD
-from test_protocol_fuzz import PIECES, SEEDS
+from support.helpers import ServerProcess, create_sale, stream_orders
+from support.http_client import Conn, fetch, get, parse_one
+from support.parser_cases import BAD, PIECES, SEEDS
 
 
 @pytest.fixture

@@ -27,10 +27,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import ROOT, OwnRedis, create_sale, poll, stream_orders
-from http_client import Conn, fetch, get
 from seckill.store.embedded import EmbeddedRedis, free_port
-from test_redis_faults import refuses_connections, unread_bytes_at
+from support.helpers import ROOT, OwnRedis, create_sale, poll, refuses_connections, stream_orders, unread_bytes_at
+from support.http_client import Conn, fetch, get
 
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent  # the venv's bin: supervisord and supervisorctl are installed beside python

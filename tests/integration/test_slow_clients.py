@@ -12,9 +12,9 @@ import time
 
 import redis
 
-from conftest import create_sale
-from http_client import Conn, fetch, get, parse_one
 from seckill.sales import sale_store
+from support.helpers import create_sale
+from support.http_client import Conn, fetch, get, parse_one
 
 
 def test_keepalive_requests_closes_after_the_last(start_server, redis_client: redis.Redis) -> None:

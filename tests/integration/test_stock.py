@@ -11,9 +11,9 @@ import subprocess
 import pytest
 import redis
 
-from conftest import admit, create_sale, require_tool, stream_orders
-from http_client import Conn, fetch, get, hammer
 from seckill.sales import sale_store
+from support.helpers import admit, create_sale, require_tool, stream_orders
+from support.http_client import Conn, fetch, get, hammer
 
 
 @pytest.mark.slow

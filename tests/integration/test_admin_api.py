@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from conftest import create_sale, stream_events
-from http_client import TOKEN, admin, buy, fetch
 from seckill.sales import sale_store
+from support.helpers import create_sale, stream_events
+from support.http_client import TOKEN, admin, buy, fetch
 
 
 def test_without_a_token_admin_does_not_exist(start_server) -> None:  # type: ignore[no-untyped-def]

@@ -41,9 +41,9 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import create_sale, kill_storm, poll, stream_orders
-from http_client import TOKEN, Conn, Response, close_writer, fetch, get, pipeline_bursts, read_one
 from seckill.sales import sale_store
+from support.helpers import create_sale, kill_storm, poll, stream_orders
+from support.http_client import TOKEN, Conn, Response, close_writer, fetch, get, pipeline_bursts, read_one
 
 NESTED = b"[" * 1100
 UNAVAILABLE = {"result": "unavailable"}

@@ -19,8 +19,8 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
-from conftest import poll
 from seckill.store.embedded import find_redis_server, ping
+from support.helpers import poll
 
 SLOTS = 16384
 BUS_OFFSET = 10_000  # Redis 6.2 always puts the cluster bus on port + 10000

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import ROOT, create_sale, stream_events, stream_orders
-from http_client import hammer
 from seckill.sales import sale_store
+from support.helpers import ROOT, create_sale, stream_events, stream_orders
+from support.http_client import hammer
 
 CONSUMER = ROOT / "examples" / "order_consumer.py"
 GROUP = "order-service"

@@ -14,9 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import create_sale, poll
-from http_client import Conn, fetch, hammer
 from seckill.ops import metrics
+from support.helpers import create_sale, poll
+from support.http_client import Conn, fetch, hammer
 
 
 def scrape(port: int, accept: str | None = None) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

@@ -15,10 +15,10 @@ import time
 import pytest
 import redis
 
-from conftest import ROOT, create_sale, stream_orders
-from http_client import Conn, fetch, get
 from seckill.sales import sale_store
 from seckill.store.embedded import EmbeddedRedis, free_port
+from support.helpers import ROOT, create_sale, stream_orders
+from support.http_client import Conn, fetch, get
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -155,7 +155,7 @@ def test_embedded_redis_is_started_and_stopped(tmp_path) -> None:
 
     if answers("127.0.0.1", 6379):
         pytest.skip("a Redis answers on 127.0.0.1:6379, so the server would use it")
-    from conftest import ServerProcess
+    from support.helpers import ServerProcess
 
     port = free_port()
     server = ServerProcess(["--port", str(port), "--data-dir", str(tmp_path)], 1, port)

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import ROOT, ServerProcess, create_sale, poll, require_tool, stream_orders
-from http_client import fetch
 from seckill.store.embedded import EmbeddedRedis, free_port
+from support.helpers import ROOT, ServerProcess, create_sale, poll, require_tool, stream_orders
+from support.http_client import fetch
 
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
 START_TIMEOUT = 10.0  # seconds for nginx to accept after start

@@ -11,9 +11,9 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from redis_cluster import RedisCluster, keyslot
 from seckill.sales import sale_store
 from seckill.store.client import make_redis
+from support.redis_cluster import RedisCluster, keyslot
 
 ROUNDS = 300
 TERMS = sale_store.Terms(stock=5)

@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from seckill.store.reads import ReadBatcher, Script
-from test_batcher_unit import ScriptedPipe, never
+from support.scripted import ScriptedPipe, never
 
 LOOKUP = Script("return ARGV[1]")
 OTHER = Script("return KEYS[1]")

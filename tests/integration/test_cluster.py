@@ -21,14 +21,14 @@ from redis.cluster import RedisCluster as SyncCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
-from conftest import ROOT, admit, create_sale, poll, stream_events, stream_orders
-from http_client import TOKEN, Response, admin, buy, fetch, get, hammer, parse_one
-from redis_cluster import RedisCluster, keyslot
 from seckill.admission.batcher import ADMIT_SHA
 from seckill.sales import sale_store
 from seckill.store.client import make_pipe, make_redis, valid_url
 from seckill.store.cluster_pipe import ClusterPipe, ClusterUnavailable
 from seckill.store.embedded import free_port
+from support.helpers import ROOT, admit, create_sale, poll, stream_events, stream_orders
+from support.http_client import TOKEN, Response, admin, buy, fetch, get, hammer, parse_one
+from support.redis_cluster import RedisCluster, keyslot
 
 
 @pytest.fixture

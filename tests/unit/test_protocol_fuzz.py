@@ -9,63 +9,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
-from seckill.http.protocol import HttpError, Request, RequestParser
+from seckill.http.protocol import HttpError, RequestParser
+from support.helpers import ROOT
+from support.parser_cases import PIECES, SEEDS, SPECIAL, chop, parse
 
 FUZZ = settings(max_examples=400, deadline=None)
-
-SEEDS = [
-    b"GET /limit HTTP/1.0\r\nHost: 127.0.0.1:5000\r\nUser-Agent: ApacheBench/2.3\r\nAccept: */*\r\n\r\n",
-    b"GET /limit HTTP/1.0\r\nConnection: Keep-Alive\r\nHost: 127.0.0.1:5000\r\n\r\n",
-    b"GET /limit HTTP/1.1\r\nHost: 127.0.0.1:5000\r\n\r\n",
-    b"POST /seckill/hat HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-    b"Content-Length: 8\r\n\r\nuser=bob",
-    b'POST /admin/items HTTP/1.1\r\nHost: t\r\nContent-Length: 17\r\n\r\n{"user": "carol"}',
-    b"GET /a?x=1 HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-    b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n",
-    b"GET http://example.com/p?q=1 HTTP/1.1\r\nHost: example.com\r\nX-Empty:\r\n\r\n",
-]
-# Bytes that matter to the grammar, and pieces of it, so mutations and soups reach past
-# the request line instead of dying on its first byte.
-SPECIAL = [b"\r", b"\n", b"\x00", b" ", b"\t", b":", b"/", b"?", b"#", b"*", b",", b"0", b"9",
-           b"-", b"_", b"\x7f", b"\x80", b"\xff", b"A", b"e"]
-PIECES = [*SPECIAL, b"\r\n", b"\r\n\r\n", b"GET", b"POST", b"OPTIONS", b"FOOBARBAZ", b"HTTP/1.1",
-          b"HTTP/1.0", b"HTTP/2.0", b"Host: t", b"Content-Length: ", b"Transfer-Encoding: chunked",
-          b"Connection: close", b"Connection: keep-alive", b"http://h", b"12", b"99999"]
-
-
-def as_outcome(request: Request) -> tuple[Any, ...]:
-    return ("request", *(getattr(request, name) for name in Request.__slots__ if name != "headers"),
-            tuple(request.headers))
-
-
-def parse(chunks: list[bytes]) -> tuple[list[tuple[Any, ...]], tuple[int, bool] | None]:
-    """Outcomes of feeding each chunk and draining, and the final state if no error ended it."""
-    parser = RequestParser()
-    outcomes: list[tuple[Any, ...]] = []
-    for chunk in chunks:
-        parser.feed(chunk)
-        try:
-            while (request := parser.next_request()) is not None:
-                outcomes.append(as_outcome(request))
-        except HttpError as exc:
-            assert 400 <= exc.status < 600
-            with pytest.raises(HttpError):  # dead after an error
-                parser.next_request()
-            return [*outcomes, ("error", exc.status)], None
-    return outcomes, (parser.buffered, parser.mid_request)
-
-
-def chop(data: bytes, cuts: list[int]) -> list[bytes]:
-    bounds = [0, *sorted(cuts), len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
-
 
 def check_splits(data: bytes, cuts: list[int]) -> None:
     whole = parse([data])
@@ -157,8 +110,8 @@ def test_atheris_harness_holds_the_same_invariant() -> None:
     only if no input broke the invariant."""
     pytest.importorskip("atheris", reason="atheris installs on Linux x86_64 only")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "fuzz" / "fuzz_parser.py"), "-runs=30000", "-seed=1"],
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "fuzz.fuzz_parser", "-runs=30000", "-seed=1"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Done 30000 runs" in result.stderr

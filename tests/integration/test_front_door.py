@@ -9,8 +9,8 @@ from pathlib import Path
 
 import redis
 
-from conftest import ROOT, admit, create_sale
-from http_client import TOKEN, fetch
+from support.helpers import ROOT, admit, create_sale
+from support.http_client import TOKEN, fetch
 
 
 def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -11,9 +11,9 @@ import time
 
 import redis
 
-from conftest import ROOT, admit, create_sale, stream_orders
-from http_client import fetch, hammer
 from seckill.sales import sale_store
+from support.helpers import ROOT, admit, create_sale, stream_orders
+from support.http_client import fetch, hammer
 
 
 def now_ms() -> int:
