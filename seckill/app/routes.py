@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -15,6 +14,15 @@ from redis.exceptions import RedisError
 from seckill import __version__
 from seckill.admission import batcher as batching
 from seckill.app.admin_api import AdminApi
+from seckill.app.purchases import (
+    RETRY_AFTER,
+    UNAVAILABLE_BODY,
+    Purchase,
+    PurchaseAnswers,
+    ReportingPurchase,
+    ReportingSlot,
+    TimedPurchase,
+)
 from seckill.config import Config
 from seckill.http import bodies
 from seckill.http.connection import HttpConnection, Registry, Slot
@@ -23,16 +31,14 @@ from seckill.http.responses import (
     CLOSE,
     KEEP,
     KEEP_10,
-    MAX_CACHED,
     METHOD_NOT_ALLOWED,
     NOT_FOUND,
     Responses,
     json_body,
     strip_body,
 )
-from seckill.ops import dashboard, faults, metrics, request_logs
+from seckill.ops import dashboard, faults, metrics
 from seckill.sales import order_book, outcomes, sale_store
-from seckill.sales.outcomes import ANSWERS, Outcome
 from seckill.store.reads import ReadBatcher
 
 log = logging.getLogger("seckill")
@@ -48,8 +54,6 @@ _PLAIN_USER_QUERY = re.compile(rb"user=[A-Za-z0-9._~:@!$'()*,;/?-]{0,%d}" % MAX_
 _PURCHASE_METHODS = (b"GET", b"POST")
 _ALLOW_PURCHASE = b"Allow: GET, POST\r\n"
 _ALLOW_GET = b"Allow: GET, HEAD\r\n"
-_RETRY_AFTER = b"Retry-After: 1\r\n"
-_UNAVAILABLE = json_body({"result": "unavailable"})
 _INTERNAL = json_body({"error": "internal"})
 _OK = json_body({"status": "ok"})
 _NO_STORE = b"Cache-Control: no-store\r\n"
@@ -58,60 +62,6 @@ _PAGE_HEADERS = b"Content-Security-Policy: %s\r\n%s" % (dashboard.PAGE_CSP, _NO_
 _SOLD_OUT = outcomes.SOLD_OUT
 _monotonic = time.monotonic
 _ITEM_CACHE_MAX = 10_000  # validated item names kept per worker; bounds client-chosen keys
-
-
-# Status and result of each outcome with a fixed answer (WON, HELD, NOT_STARTED and
-# UNAVAILABLE are built where they are answered).
-_FIXED = {o: (status, word.encode()) for o, (status, word) in ANSWERS.items()
-          if o not in (outcomes.WON, outcomes.HELD, outcomes.NOT_STARTED, outcomes.UNAVAILABLE)}
-
-
-class Purchase(Slot):
-    """A purchase waiting for its batch; becomes the connection's answer when it ends."""
-
-    __slots__ = ("app", "item", "mode", "t0")
-    t0: float  # when it was read; set by TimedPurchase (metrics on) only
-
-    def __init__(self, app: SeckillApp, conn: HttpConnection, item: str, mode: int) -> None:
-        self.conn = conn
-        self.data = None
-        self.close = mode == CLOSE
-        self.app = app
-        self.item = item
-        self.mode = mode
-
-    def finish(self, outcome: Outcome, tag: bytes, value: int, until: int = 0) -> None:
-        if outcome == outcomes.WON:
-            body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d}' % (
-                self.item.encode(), tag, value, value,
-            )
-            self.set(self.app.responses.build(200, body, self.mode))
-        elif outcome == outcomes.HELD:
-            body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d,"state":"pending","hold_until":"%s"}' % (
-                self.item.encode(), tag, value, value, (sale_store.iso(until) or "").encode(),
-            )
-            self.set(self.app.responses.build(200, body, self.mode))
-        elif outcome == outcomes.NOT_STARTED:
-            self.set(self.app.not_started_answer(self.item, value / 1000, self.mode))
-        else:
-            self.set(self.app.purchase_answer(self.item, outcome, self.mode))
-
-
-class TimedPurchase(Purchase):
-    """A Purchase that notes when it was read (metrics on): the batcher turns that into the
-    latency histogram once per batch (metrics.Histogram.observe_waits)."""
-
-    __slots__ = ()
-
-    # Purchase.__init__ written out rather than called: one Python call less per purchase.
-    def __init__(self, app: SeckillApp, conn: HttpConnection, item: str, mode: int) -> None:
-        self.conn = conn
-        self.data = None
-        self.close = mode == CLOSE
-        self.app = app
-        self.item = item
-        self.mode = mode
-        self.t0 = time.monotonic()
 
 
 class SeckillApp:
@@ -131,30 +81,13 @@ class SeckillApp:
         self.stats = stats
         self.registry = registry
         self.board = metrics.Board(config.metrics_dir)
-        self._purchase_class = Purchase if stats is None else TimedPurchase
         self.gate_hits = None if stats is None else stats.gate_hits
-        # Logs (off by default): a dispatch that also reports each answer, and slots that do.
-        self.logs: list[request_logs.LineLog] = []
-        self.access_log: request_logs.LineLog | None = None
-        self.result_log: request_logs.LineLog | None = None
-        self._slot_class: type[Slot] = Slot
-        self._trust = request_logs.ProxyTrust(config.forwarded_allow_ips)
-        self._when = (0, "")  # $time_local, made once a second
-
-    def open_logs(self, rotator: bool) -> None:
-        """Start the --access-log and --result-log writers (worker 0 rotates them)."""
-        config = self.config
-        every = request_logs.parse_rotation(config.log_rotate)
-        for name in ("access_log", "result_log"):
-            path = getattr(config, name)
-            if path is not None:
-                log_ = request_logs.LineLog(path, every, config.log_backups, rotator)
-                setattr(self, name, log_)
-                self.logs.append(log_)
-        if self.logs:
-            self.dispatch = self._dispatch_logged  # type: ignore[method-assign]
-            self._slot_class = _reporting(Slot)
-            self._purchase_class = _reporting(self._purchase_class)
+        self.purchase_answers = PurchaseAnswers(self.responses)
+        # With the access or result log on (app/logged.py), slots that report their answer.
+        self.logged = logged = config.access_log is not None or config.result_log is not None
+        self._slot_class: type[Slot] = ReportingSlot if logged else Slot
+        self._purchase_class: type[Purchase] = (
+            ReportingPurchase if logged else Purchase if stats is None else TimedPurchase)
 
     def dispatch(self, request: Request, conn: HttpConnection) -> bytes | Slot:
         if conn.closing:
@@ -172,7 +105,7 @@ class SeckillApp:
             else:
                 answer = self._route(request, conn, mode)
         except HttpError as exc:
-            self.count(_route_name(request.path), exc.status)
+            self.count(route_name(request.path), exc.status)
             answer = self.responses.get(exc.status, json_body({"error": exc.reason}), mode)
         if request.method == b"HEAD" and answer.__class__ is bytes:
             return strip_body(answer)
@@ -191,63 +124,12 @@ class SeckillApp:
 
     def refused(self, conn: HttpConnection, status: int, answer: bytes) -> None:
         self.count("unrouted", status)
-        if self.access_log is not None:
-            self.report(None, conn, answer)
-
-    def _dispatch_logged(self, request: Request, conn: HttpConnection) -> bytes | Slot:
-        answer = SeckillApp.dispatch(self, request, conn)
-        if isinstance(answer, bytes):
-            self.report(request, conn, answer)
-        else:
-            answer.request = request  # type: ignore[attr-defined]  # reported when set (_reporting)
-        return answer
-
-    def report(self, request: Request | None, conn: HttpConnection, answer: bytes) -> None:
-        """Log one answer: the access log's line, and the result log's for a purchase decision."""
-        now = time.time()
-        second = int(now)
-        if self._when[0] != second:
-            self._when = (second, request_logs.local_time(now))
-        status = int(answer[9:12])
-        client = conn.peer_address
-        if request is not None:
-            client = self._trust.client(client, request.header(b"x-forwarded-for"), request.header(b"x-real-ip"))
-        if self.access_log is not None:
-            if request is None:
-                line, referer, agent = None, None, None
-            else:
-                line = b"%s %s %s" % (request.method, request.target, b"HTTP/1.0" if request.http10 else b"HTTP/1.1")
-                referer, agent = request.header(b"referer"), request.header(b"user-agent")
-            sent = len(answer) - answer.index(b"\r\n\r\n") - 4
-            self.access_log.add(request_logs.combined(client, self._when[1], line, status, sent, referer, agent))
-        if self.result_log is not None and request is not None:
-            self._report_result(request, answer, now, client)
-
-    def _report_result(self, request: Request, answer: bytes, now: float, client: str) -> None:
-        path = request.path
-        if path == b"/limit":
-            item = "limit"
-        elif path[:9] == b"/seckill/" and not path.endswith(b"/order"):
-            item = path[9:].decode("latin-1")
-        else:
-            return
-        body = answer[answer.index(b"\r\n\r\n") + 4:]
-        try:
-            decided = json.loads(body) if body else {}
-            user = _user(request).decode()
-        except (ValueError, HttpError):
-            return  # a malformed request: no decision was made
-        result = decided.get("result")
-        if result is None:  # refused before any decision (bad item name, wrong method)
-            return
-        assert self.result_log is not None
-        self.result_log.add(request_logs.result_line(now, item, user, result, decided.get("order"), client))
 
     def _route(self, request: Request, conn: HttpConnection, mode: int) -> bytes | Slot:
         path = request.path
         if path == b"/limit":
             return self._purchase(request, conn, b"limit", mode)
-        route = _route_name(path)
+        route = route_name(path)
         if route == "admin":
             refusal = self.admin.check(request)
             if refusal is not None:
@@ -342,40 +224,19 @@ class SeckillApp:
                 hits = self.gate_hits
                 if hits is not None:
                     hits[item] = hits.get(item, 0) + 1
-                return self.purchase_answer(item, outcome, mode)
+                return self.purchase_answers.refused(item, outcome, mode)
             if self.stats is not None:
                 self.stats.count_results(item, outcome, 1)
             if outcome == outcomes.NOT_STARTED:
-                return self.not_started_answer(item, gate[2] - time.monotonic(), mode)
-            return self.purchase_answer(item, outcome, mode)
-        user = _user(request) if request.query or request.body else b""
-        purchase = self._purchase_class(self, conn, item, mode)
+                return self.purchase_answers.not_started(item, gate[2] - time.monotonic(), mode)
+            return self.purchase_answers.refused(item, outcome, mode)
+        user = request_user(request) if request.query or request.body else b""
+        purchase = self._purchase_class(self.purchase_answers, conn, item, mode)
         if not batcher.submit(item, user, purchase):
             if self.stats is not None:
                 self.stats.count_results(item, outcomes.UNAVAILABLE, 1)
-            return self.purchase_answer(item, outcomes.UNAVAILABLE, mode)
+            return self.purchase_answers.refused(item, outcomes.UNAVAILABLE, mode)
         return purchase
-
-    def purchase_answer(self, item: str, outcome: Outcome, mode: int) -> bytes:
-        """The answer for an outcome other than WON (those carry an order: Purchase.finish)."""
-        memo = self.responses.memo
-        key = (outcome, item, mode)
-        answer = memo.get(key)
-        if answer is not None:
-            return answer
-        if outcome == outcomes.UNAVAILABLE:
-            answer = self.responses.build(503, _UNAVAILABLE, mode, _RETRY_AFTER)
-        else:
-            status, result = _FIXED[outcome]
-            body = b'{"result":"%s","item":"%s"}' % (result, item.encode())
-            answer = self.responses.build(status, body, mode)
-        if len(memo) < MAX_CACHED:
-            memo[key] = answer
-        return answer
-
-    def not_started_answer(self, item: str, starts_in: float, mode: int) -> bytes:
-        body = b'{"result":"not_started","item":"%s","starts_in":%.3f}' % (item.encode(), max(0.0, starts_in))
-        return self.responses.build(403, body, mode)
 
     def _order_lookup(self, request: Request, conn: HttpConnection, raw_item: bytes, mode: int) -> bytes | Slot:
         """GET /seckill/{item}/order?user=U: the user's live orders, e.g. after a 503."""
@@ -383,7 +244,7 @@ class SeckillApp:
             self.count("order", 405)
             return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_GET)
         item = self._item(raw_item)
-        user = _user(request).decode()
+        user = request_user(request).decode()
         if not user:
             raise HttpError(400, "user is required: ?user=...")
         # Not a task per lookup, as _later makes: the ReadBatcher sends the lookups of one
@@ -396,7 +257,7 @@ class SeckillApp:
                 faults.inject("order")
                 if isinstance(reply, BaseException):
                     log.debug("order lookup failed: %r", reply)
-                    status, body, extra = 503, _UNAVAILABLE, _RETRY_AFTER
+                    status, body, extra = 503, UNAVAILABLE_BODY, RETRY_AFTER
                 else:
                     status, body, extra = self._orders_answer(item, user, order_book.lookup_orders(reply))
                 self.count("order", status)
@@ -407,7 +268,7 @@ class SeckillApp:
 
         if not self.reads.call(*order_book.lookup_call(item, user), done):
             self.count("order", 503)
-            return self.responses.get(503, _UNAVAILABLE, mode, _RETRY_AFTER)
+            return self.responses.get(503, UNAVAILABLE_BODY, mode, RETRY_AFTER)
         return slot
 
     @staticmethod
@@ -432,7 +293,7 @@ class SeckillApp:
                     status, body, extra = await asyncio.wait_for(work, self.config.redis_timeout)
                 except (TimeoutError, RedisError, OSError) as exc:
                     log.debug("redis call failed: %r", exc)
-                    status, body, extra = 503, _UNAVAILABLE, _RETRY_AFTER
+                    status, body, extra = 503, UNAVAILABLE_BODY, RETRY_AFTER
                 finally:
                     work.close()  # (never started if the fault came first: not awaited)
                 self.count(route, status)
@@ -461,28 +322,11 @@ class SeckillApp:
         return 200, _OK, b""
 
 
-def _reporting(base: type[Any]) -> type[Any]:
-    """`base` (a Slot) that logs its answer when it is set (SeckillApp.report)."""
-
-    class Reporting(base):  # type: ignore[misc]
-        __slots__ = ("request",)
-
-        def set(self, data: bytes) -> None:
-            app = self.app if hasattr(self, "app") else self.conn._app
-            request = getattr(self, "request", None)
-            if request is not None:
-                app.report(request, self.conn, data)
-            base.set(self, data)
-
-    Reporting.__name__ = f"Reporting{base.__name__}"
-    return Reporting
-
-
 _ROUTES = {b"/healthz": "healthz", b"/readyz": "readyz", b"/metrics": "metrics", b"/dashboard": "dashboard",
            b"/dashboard.json": "dashboard.json", b"/limit": "purchase"}
 
 
-def _route_name(path: bytes) -> str:
+def route_name(path: bytes) -> str:
     """The metrics label of a path: a fixed set, whatever clients ask for."""
     name = _ROUTES.get(path)
     if name is not None:
@@ -501,7 +345,7 @@ _BODY_TYPES = "body must be application/x-www-form-urlencoded or application/jso
 _MULTIPART = _BODY_TYPES + " (multipart/form-data, curl -F, is not accepted: use curl -d user=...)"
 
 
-def _user(request: Request) -> bytes:
+def request_user(request: Request) -> bytes:
     """The buyer's id from `?user=` or a form/JSON body (the body wins); b"" when anonymous."""
     if not request.body and _PLAIN_USER_QUERY.fullmatch(request.query):
         return request.query[5:]  # what parse_qsl would give, without its cost

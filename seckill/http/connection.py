@@ -267,34 +267,17 @@ class Slot:
         self.close = close
 
     def set(self, data: bytes) -> None:
-        if self.data is not None:
-            return
-        self.data = data
-        conn = self.conn
-        pending = conn._pending
-        if len(pending) == 1 and pending[0] is self:
-            # The common case, one request in flight on this connection: write it now.
-            pending.clear()
-            transport = conn._transport
-            if transport is None:
-                return
-            transport.write(data)
-            if self.close or conn.closing:
-                conn._end()
-            elif conn._reading_paused and not conn._writing_paused:
-                conn._resume_reading()
-                conn._process()
-            return
-        conn._write_ready()
+        if self.data is None:
+            self.data = data
+            self.conn.answered(self)
 
     def fail(self, site: str, exc: BaseException) -> None:
         """An unexpected exception where this answer was being made: a 500, then the
         connection closes (what was pipelined behind it is not answered)."""
-        conn = self.conn
-        answer = conn._app.internal_error(site, exc)
-        if self.data is None:
+        answered = self.data is not None
+        answer = self.conn.failed(site, exc, close=not answered)  # (counted and logged either way)
+        if not answered:
             self.close = True
-            conn.closing = conn._unclean = True
             self.set(answer)
 
 
@@ -418,6 +401,32 @@ class HttpConnection(asyncio.Protocol):
             transport.write(out)
         if self.closing and not pending:
             self._end()
+
+    def answered(self, slot: Slot) -> None:
+        """`slot` has its answer: write what is ready at the head of the queue."""
+        pending = self._pending
+        if len(pending) == 1 and pending[0] is slot:
+            # The common case, one request in flight on this connection: write it now.
+            pending.clear()
+            transport = self._transport
+            if transport is None:
+                return
+            transport.write(slot.data)  # type: ignore[arg-type]  # (just set)
+            if slot.close or self.closing:
+                self._end()
+            elif self._reading_paused and not self._writing_paused:
+                self._resume_reading()
+                self._process()
+            return
+        self._write_ready()
+
+    def failed(self, site: str, exc: BaseException, close: bool = True) -> bytes:
+        """An answer of this connection's raised `exc` while it was made (Slot.fail): the
+        500 to answer with; with `close`, the connection closes after it (uncleanly:
+        nothing behind it is answered)."""
+        if close:
+            self.closing = self._unclean = True
+        return self._app.internal_error(site, exc)
 
     def _write_ready(self) -> None:
         """Write the answers now ready at the head of the queue."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -13,10 +12,11 @@ from collections.abc import Callable
 import uvloop
 
 from seckill.admission import batcher as batching
+from seckill.app.logged import LoggedApp
 from seckill.app.routes import SeckillApp
 from seckill.config import Config
 from seckill.exits import EXIT_FORCED
-from seckill.http.connection import ANSWER_MARGIN, Clock, HttpConnection, Limits, Listener, Registry
+from seckill.http.connection import ANSWER_MARGIN, App, Clock, HttpConnection, Limits, Listener, Registry
 from seckill.ops import faults, metrics
 from seckill.sales import order_book
 from seckill.store.client import make_pipe, make_redis
@@ -50,15 +50,21 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
         max_in_flight=config.max_in_flight, stats=stats, faults=errors,
     )
     clock = Clock(loop.time())
-    # Config has a field of the same name for each limit (the flags), but the answer deadline.
-    limits = Limits(answer_timeout=config.redis_timeout + ANSWER_MARGIN, **{
-        f.name: getattr(config, f.name) for f in dataclasses.fields(Limits) if f.name != "answer_timeout"})
+    limits = Limits(
+        header_timeout=config.header_timeout, body_timeout=config.body_timeout,
+        keepalive_timeout=config.keepalive_timeout, keepalive_requests=config.keepalive_requests,
+        send_timeout=config.send_timeout, max_connections=config.max_connections,
+        answer_timeout=config.redis_timeout + ANSWER_MARGIN,
+    )
     registry = Registry(limits.max_connections)
     reads = ReadBatcher(redis, make_pipe(redis), timeout=config.redis_timeout, faults=errors)
     app = SeckillApp(config, redis, batcher, reads, stats, registry, errors)
-    app.open_logs(rotator=index == 0)
+    logged = LoggedApp(app, config, rotator=index == 0) if app.logged else None  # worker 0 rotates
+    front: App = app if logged is None else logged
+    line_logs = [] if logged is None else logged.logs
+
     def factory() -> HttpConnection:
-        return HttpConnection(app, clock, registry, limits)
+        return HttpConnection(front, clock, registry, limits)
 
     if listening is not None:
         registry.listener = await Listener.serve_socket(factory, listening, config.backlog)
@@ -88,7 +94,7 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
         app.responses.refresh_date()
         for conn in list(registry.conns):
             conn.expire(clock.now)
-        for line_log in app.logs:
+        for line_log in line_logs:
             line_log.tick()
         errors.flush()
         ticker[0] = loop.call_at(clock.now + 1.0, tick)
@@ -117,7 +123,7 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
     if app.board.directory is not None:
         publisher[0].cancel()
         app.publish()  # the last counts, for the other workers' scrapes and the dashboard
-    for line_log in app.logs:
+    for line_log in line_logs:
         line_log.close()
     await batcher.close()
     await reads.close()

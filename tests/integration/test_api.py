@@ -340,13 +340,13 @@ def test_user_from_query_fast_path_agrees_with_parse_qsl(value: str) -> None:
     """`?user=<id>` skips parse_qsl when nothing in it needs decoding: same answer either way."""
     from urllib.parse import parse_qsl
 
-    from seckill.app.routes import _user
+    from seckill.app.routes import request_user
     from seckill.http.protocol import Request
 
     query = b"user=" + value.encode()
     request = Request(b"GET", b"/", b"/", query, False, True, (), b"")
     try:
-        got: bytes | int = _user(request)
+        got: bytes | int = request_user(request)
     except HttpError as exc:
         got = exc.status
     try:
