@@ -6,6 +6,8 @@
 # and one Redis (no persistence) on CPU 1. Rows: admission (stock 10^12) one URL and
 # distinct users, a 100,000-unit sale bought by distinct users (~1 s of admission, then
 # sold out), sold out with distinct users.
+# Each line: req/s, then the server's CPU time per request over the run (from /proc: less
+# moved by other load on the machine than req/s; compare that too).
 # ROW=grow: instead, make bench's (a) distinct-users row as it runs there: Redis with AOF
 # everysec, ONE 10^12-unit sale per server bought by distinct users over all the rounds
 # (DUR=10), so it grows as the buyer index does over make bench's three runs.
@@ -31,8 +33,15 @@ start() { # tree port
 start $OLD 7401
 start $NEW 7402
 mk() { (cd $NEW && $PY seckill_server.py create $1 --stock $2 --redis redis://127.0.0.1:7399 >/dev/null); }
-run() { # label port path script
-  taskset -c 1 wrk -t1 -c100 -d${DUR:-5}s --latency ${4:+-s $NEW/bench/users.lua} http://127.0.0.1:$2$3 2>&1 | awk -v l="$1" '/Requests\/sec/{print l, $2}'
+cpu() { # the server's CPU time so far, in clock ticks (utime + stime of the process on port $1)
+  awk '{print $14 + $15}' /proc/$(pgrep -f "seckill_server.py --port $1" | head -1)/stat
+}
+run() { # label port path script: "label req/s", and the server's CPU per request (less noisy)
+  local before=$(cpu $2)
+  local out=$(taskset -c 1 wrk -t1 -c100 -d${DUR:-5}s --latency ${4:+-s $NEW/bench/users.lua} http://127.0.0.1:$2$3 2>&1)
+  local ticks=$(( $(cpu $2) - before ))
+  echo "$out" | awk -v l="$1" -v t=$ticks -v hz=$(getconf CLK_TCK) \
+    '/requests in/{n=$1} /Requests\/sec/{r=$2} END{printf "%s %s  (server CPU %.2f us/req)\n", l, r, t / hz * 1e6 / n}'
 }
 if [ "${ROW:-}" = grow ]; then
   for v in $ORDER; do mk grow${v%%:*} 1000000000000; done

@@ -96,7 +96,10 @@ class Purchase(Slot):
         self.mode = mode
 
     def finish(self, outcome: Outcome, tag: bytes, value: int, until: int = 0) -> None:
-        if outcome == outcomes.WON or outcome == outcomes.HELD:
+        if outcome == outcomes.WON:  # (built here, not in answers.won(): a call less per win)
+            body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d}' % (self.item.encode(), tag, value, value)
+            self.set(self.answers.responses.build(200, body, self.mode))
+        elif outcome == outcomes.HELD:
             self.set(self.answers.won(self.item, tag, value, until, self.mode))
         elif outcome == outcomes.NOT_STARTED:
             self.set(self.answers.not_started(self.item, value / 1000, self.mode))
