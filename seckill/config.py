@@ -42,7 +42,6 @@ class Config:
     sweep_interval: float = 1.0
     metrics: bool = True  # /metrics, and the counting behind it
     dashboard: bool = False  # /dashboard and /dashboard.json
-    metrics_dir: str | None = None  # set by the parent: where workers publish their counters (metrics.Board)
     access_log: str | None = None  # a path, or "-" for stdout
     result_log: str | None = None
     log_rotate: str = "midnight"

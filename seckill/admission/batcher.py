@@ -49,6 +49,7 @@ from seckill.sales.outcomes import (
 )
 from seckill.sales.sale_store import ADMIT_LETTERS, ADMIT_LUA, admit_keys, admit_reply_ok
 from seckill.store.client import BatchPipe
+from seckill.throttle import Throttle
 
 if TYPE_CHECKING:
     from seckill.ops.faults import Faults
@@ -123,8 +124,7 @@ class Batcher:
         self._next_id = 0
         self._stats = stats  # None: metrics off
         self._faults = faults
-        self._failures = 0  # failed round trips since the last warning
-        self._warned_at = -1e9
+        self._warnings = Throttle(1.0)  # failures: a Redis outage must not flood the log
 
     def gate(self, item: str) -> Gate | None:
         """The gate that answers for this item without Redis now, if any. (The purchase
@@ -223,13 +223,10 @@ class Batcher:
             self._send()
 
     def _warn(self, exc: BaseException, what: str = "Redis round trip(s) failed") -> None:
-        """Log failures, at most once a second: a Redis outage must not flood the log."""
-        self._failures += 1
-        now = time.monotonic()
-        if now - self._warned_at >= 1.0:
-            log.warning("%d %s, answered 503; last: %s: %s", self._failures, what, type(exc).__name__, exc)
-            self._failures = 0
-            self._warned_at = now
+        """Log failures, at most once a second."""
+        failures = self._warnings.tick()
+        if failures:
+            log.warning("%d %s, answered 503; last: %s: %s", failures, what, type(exc).__name__, exc)
 
     async def _call(self, calls: list[tuple[str, str, Sequence[tuple[bytes, Waiter]]]]) -> list[object]:
         inject("redis")

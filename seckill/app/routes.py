@@ -66,6 +66,7 @@ _ITEM_CACHE_MAX = 10_000  # validated item names kept per worker; bounds client-
 
 class SeckillApp:
     def __init__(self, config: Config, redis: Redis, batcher: batching.Batcher, reads: ReadBatcher,
+                 board: metrics.Board,
                  stats: metrics.WorkerStats | None = None, registry: Registry | None = None,
                  faults_: faults.Faults | None = None) -> None:
         self.config = config
@@ -80,7 +81,7 @@ class SeckillApp:
         # Metrics (None: off): the hot path adds to these directly.
         self.stats = stats
         self.registry = registry
-        self.board = metrics.Board(config.metrics_dir)
+        self.board = board
         self.gate_hits = None if stats is None else stats.gate_hits
         self.purchase_answers = PurchaseAnswers(self.responses)
         # With the access or result log on (app/logged.py), slots that report their answer.
@@ -191,7 +192,7 @@ class SeckillApp:
                 sale_store.list_sales(self.redis), self.config.redis_timeout)
         except (TimeoutError, RedisError, OSError):
             sales = None
-        return 200, json_body(metrics.dashboard(totals, __version__, time.time(), sales)), _NO_STORE
+        return 200, json_body(dashboard.data(totals, __version__, time.time(), sales)), _NO_STORE
 
     def _item(self, raw: bytes) -> str:
         item = self._items.get(raw)

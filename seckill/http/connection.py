@@ -19,7 +19,6 @@ import logging
 import os
 import socket
 import struct
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
@@ -27,6 +26,7 @@ from typing import cast
 
 from seckill.http.protocol import HttpError, Request, RequestParser
 from seckill.http.responses import CLOSE, CONTINUE, Responses, json_body
+from seckill.throttle import Throttle
 
 log = logging.getLogger("seckill.http")
 
@@ -107,14 +107,14 @@ class Registry:
     """The open connections of one worker, and a way to wait until there are none.
     At `limit` connections it pauses its `listener`, and resumes it when one closes."""
 
-    __slots__ = ("conns", "_empty", "limit", "listener", "_warned_at", "draining")
+    __slots__ = ("conns", "_empty", "limit", "listener", "_warnings", "draining")
 
     def __init__(self, limit: int = Limits.max_connections) -> None:
         self.conns: set[HttpConnection] = set()
         self._empty: asyncio.Event | None = None
         self.limit = limit
         self.listener: Listener | None = None
-        self._warned_at = -1e9
+        self._warnings = Throttle(10.0)
         self.draining = False
 
     def shutdown(self) -> None:
@@ -135,9 +135,7 @@ class Registry:
         listener = self.listener
         if len(self.conns) >= self.limit and listener is not None and not listener.paused:
             listener.pause()
-            now = time.monotonic()
-            if now - self._warned_at >= 10.0:  # at the limit it pauses at every new client
-                self._warned_at = now
+            if self._warnings.tick():  # (at the limit it pauses at every new client)
                 log.warning("%d connections open: not accepting until one closes", len(self.conns))
 
     def discard(self, conn: HttpConnection) -> None:

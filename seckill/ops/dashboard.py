@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import Any
+
+from seckill.ops.metrics import Totals
 
 _CSS = """
 :root{--bg:#f6f7f9;--fg:#1d2330;--mute:#6b7280;--card:#fff;--line:#dde1e7;--acc:#2563eb;--win:#16a34a;
@@ -361,3 +364,27 @@ PAGE_CSP: bytes = (
     f"default-src 'none'; script-src '{_sha256(_JS)}'; style-src '{_sha256(_CSS)}'; "
     "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 ).encode()
+
+
+def data(totals: Totals, version: str, now: float, sales: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """`/dashboard.json`: the totals, and each sale's counts from Redis (None: Redis did not answer)."""
+    data: dict[str, Any] = {
+        "time": now,
+        "version": version,
+        "workers": totals.workers,
+        "connections": totals.connections,
+        "requests": sum(totals.requests.values()),
+        "results": totals.results_by_label(),
+        "redis": {"round_trips": sum(totals.round_trip.counts), "seconds": totals.round_trip.sum,
+                  "requests": int(totals.batch_size.sum)},
+        "items": None,
+    }
+    if sales is None:
+        data["error"] = "redis unavailable"
+    else:
+        data["items"] = [
+            {key: sale[key] for key in ("item", "stock", "sold", "remaining")}
+            | {"results": totals.results_by_label(sale["item"])}
+            for sale in sales
+        ]
+    return data

@@ -297,27 +297,3 @@ def exposition(totals: Totals, version: str, accept: bytes | None) -> tuple[byte
     registry.register(_Exposition(totals, version))
     encoder, content_type = choose_encoder((accept or b"").decode("latin-1"))
     return encoder(registry), content_type.encode()
-
-
-def dashboard(totals: Totals, version: str, now: float, sales: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """`/dashboard.json`: the totals, and each sale's counts from Redis (None: Redis did not answer)."""
-    data: dict[str, Any] = {
-        "time": now,
-        "version": version,
-        "workers": totals.workers,
-        "connections": totals.connections,
-        "requests": sum(totals.requests.values()),
-        "results": totals.results_by_label(),
-        "redis": {"round_trips": sum(totals.round_trip.counts), "seconds": totals.round_trip.sum,
-                  "requests": int(totals.batch_size.sum)},
-        "items": None,
-    }
-    if sales is None:
-        data["error"] = "redis unavailable"
-    else:
-        data["items"] = [
-            {key: sale[key] for key in ("item", "stock", "sold", "remaining")}
-            | {"results": totals.results_by_label(sale["item"])}
-            for sale in sales
-        ]
-    return data

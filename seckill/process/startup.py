@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
 import logging
 import os
@@ -19,7 +18,7 @@ from seckill.config import Config
 from seckill.exits import EXIT_BIND, EXIT_REDIS, EXIT_USAGE, Fatal
 from seckill.ops import metrics
 from seckill.process.supervisor import supervise
-from seckill.process.worker import run_worker
+from seckill.process.worker import Wiring, run_worker
 from seckill.sales import sale_store
 from seckill.store.client import make_redis
 from seckill.store.embedded import (
@@ -64,9 +63,8 @@ async def _ping(url: str, timeout: float) -> bool:
         await redis.aclose()
 
 
-async def _prepare(config: Config) -> None:
-    assert config.redis is not None
-    redis = make_redis(config.redis, max(config.redis_timeout, 5.0))
+async def _prepare(config: Config, url: str) -> None:
+    redis = make_redis(url, max(config.redis_timeout, 5.0))
     try:
         await redis.script_load(sale_store.ADMIT_LUA)
         await _log_durability(redis)
@@ -178,10 +176,9 @@ def main_serve(config: Config) -> int:
 
 def _serve_with_redis(config: Config, listening: socket.socket | None) -> int:
     url, embedded = resolve_redis(config)
-    config = dataclasses.replace(config, redis=url)
     try:
         try:
-            asyncio.run(_prepare(config))
+            asyncio.run(_prepare(config, url))
         except (RedisError, OSError) as exc:
             raise Fatal(f"Redis at {mask_url(url)} failed during start-up: {exc}", EXIT_REDIS) from exc
         where = f"unix:{config.uds}" if config.uds else f"http://{config.host}:{config.port}"
@@ -202,12 +199,12 @@ def _serve_with_redis(config: Config, listening: socket.socket | None) -> int:
             config.keepalive_timeout, config.send_timeout, config.graceful_timeout, config.max_waiting,
         )
         if config.workers == 1:
-            run_worker(config, embedded.stop if embedded is not None else lambda: None, listening)
+            run_worker(config, Wiring(url), embedded.stop if embedded is not None else lambda: None, listening)
             return 0
         board = metrics.Board.create() if config.metrics else metrics.Board(None)
         try:
-            shared = dataclasses.replace(config, metrics_dir=str(board.directory) if board.directory else None)
-            return supervise(shared, listening, board)
+            wiring = Wiring(url, str(board.directory) if board.directory else None)
+            return supervise(config, wiring, listening, board)
         finally:
             board.remove()
     finally:

@@ -13,7 +13,7 @@ import time
 from seckill.config import Config
 from seckill.exits import EXIT_FORCED
 from seckill.ops import metrics
-from seckill.process.worker import run_worker
+from seckill.process.worker import Wiring, run_worker
 
 log = logging.getLogger("seckill")
 
@@ -23,7 +23,7 @@ CRASH_WINDOW = 10.0  # seconds; more than CRASH_LIMIT worker deaths in it and we
 CRASH_LIMIT = 10
 
 
-def supervise(config: Config, listening: socket.socket | None = None,
+def supervise(config: Config, wiring: Wiring, listening: socket.socket | None = None,
               board: metrics.Board | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
     children: dict[int, int] = {}
@@ -38,7 +38,7 @@ def supervise(config: Config, listening: socket.socket | None = None,
             try:
                 _stop_with_parent(parent)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_SIGNALS)
-                run_worker(config, listening=listening, index=index)
+                run_worker(config, wiring, listening=listening, index=index)
             except BaseException:
                 log.exception("worker %d crashed", index)
                 code = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -27,7 +28,16 @@ log = logging.getLogger("seckill")
 
 # --- One worker ---------------------------------------------------------------------
 
-async def serve(config: Config, abort: Callable[[], None] | None = None,
+@dataclasses.dataclass(frozen=True)
+class Wiring:
+    """What start-up found or made for the workers, beside what the user set (Config): the
+    Redis in use, and where workers publish their counters (--workers N, metrics on)."""
+
+    redis_url: str
+    metrics_dir: str | None = None
+
+
+async def serve(config: Config, wiring: Wiring, abort: Callable[[], None] | None = None,
                 listening: socket.socket | None = None, index: int = 0) -> None:
     """Run one worker until SIGTERM/SIGINT, then drain within the graceful timeout.
 
@@ -40,8 +50,7 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
     `listening`: a socket bound by the parent (--uds) that every worker accepts from;
     without it each worker binds host:port itself (SO_REUSEPORT)."""
     loop = asyncio.get_running_loop()
-    assert config.redis is not None
-    redis = make_redis(config.redis, config.redis_timeout)
+    redis = make_redis(wiring.redis_url, config.redis_timeout)
     stats = metrics.WorkerStats() if config.metrics else None
     errors = faults.Faults(stats.internal_errors if stats is not None else None)
     batcher = batching.Batcher(
@@ -58,7 +67,7 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
     )
     registry = Registry(limits.max_connections)
     reads = ReadBatcher(redis, make_pipe(redis), timeout=config.redis_timeout, faults=errors)
-    app = SeckillApp(config, redis, batcher, reads, stats, registry, errors)
+    app = SeckillApp(config, redis, batcher, reads, metrics.Board(wiring.metrics_dir), stats, registry, errors)
     logged = LoggedApp(app, config, rotator=index == 0) if app.logged else None  # worker 0 rotates
     front: App = app if logged is None else logged
     line_logs = [] if logged is None else logged.logs
@@ -130,6 +139,6 @@ async def serve(config: Config, abort: Callable[[], None] | None = None,
     await redis.aclose()
 
 
-def run_worker(config: Config, abort: Callable[[], None] | None = None,
+def run_worker(config: Config, wiring: Wiring, abort: Callable[[], None] | None = None,
                listening: socket.socket | None = None, index: int = 0) -> None:
-    uvloop.run(serve(config, abort, listening, index))
+    uvloop.run(serve(config, wiring, abort, listening, index))

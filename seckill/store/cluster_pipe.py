@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +55,7 @@ from redis.exceptions import (
 )
 
 from seckill.store.ordered_pipe import OrderedPipe
+from seckill.throttle import Throttle
 
 log = logging.getLogger("seckill.cluster")
 
@@ -91,8 +91,7 @@ class ClusterPipe:
         self._cluster = cluster
         self._pipes: dict[str, tuple[OrderedPipe, ConnectionPool]] = {}  # by node name host:port
         self._reload = False  # reload the whole slot table before the next send
-        self._given_up = 0  # commands answered ClusterUnavailable since the last warning
-        self._warned_at = -1e9
+        self._warnings = Throttle(1.0)  # commands given up: a long migration must not flood the log
 
     async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send the commands, one write per master; their replies in order (a Redis error
@@ -215,10 +214,7 @@ class ClusterPipe:
     def _give_up(self, commands: Sequence[tuple[Any, ...]], replies: list[Any], indexes: list[int]) -> None:
         for index in indexes:
             replies[index] = ClusterUnavailable(f"still redirected after {MAX_ROUNDS} sends (slot in migration?)")
-        self._given_up += len(indexes)
-        now = time.monotonic()
-        if now - self._warned_at >= 1.0:  # at most once a second: a long migration must not flood the log
+        given_up = self._warnings.tick(len(indexes))
+        if given_up:
             log.warning("%d command(s) still redirected after %d sends, answered unavailable; last key %r",
-                        self._given_up, MAX_ROUNDS, first_key(commands[indexes[-1]]))
-            self._given_up = 0
-            self._warned_at = now
+                        given_up, MAX_ROUNDS, first_key(commands[indexes[-1]]))
