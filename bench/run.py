@@ -67,15 +67,14 @@ go where the server goes). `--pin-experiment` compares the schemes (bench/PINNIN
 Everything started is stopped on the way out (context managers), on errors, Ctrl-C and
 SIGTERM too. A missing wrk, ab or nginx skips what needs it, with a message.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import datetime
-import functools
 import json
 import os
-import resource
 import shlex
 import shutil
 import subprocess
@@ -83,28 +82,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
 
 import loadgen
-import lookup_cost
 import machine
 import plot
-import pyspy
-import redis
-from cpuwatch import CpuWatch
-from loadgen import LoadError, LoadResult
+from contenders import measure_lookup, measure_nginx, measure_seckill, measure_seed
+from loadgen import LoadError
 from report import (
-    DISTURBED,
-    METRICS_TOOL,
-    SWEEP_TOOL,
-    Exactness,
     Findings,
-    Profile,
     Round,
-    Row,
-    SaleRun,
     Sample,
     from_json,
     pinning_report,
@@ -113,88 +101,34 @@ from report import (
     targets_table,
     to_json,
 )
+from runner import (
+    ADMIT_ITEM,
+    ADMIT_STOCK,
+    DEFAULT_PINNING,
+    DEFAULT_SWEEP,
+    NO_METRICS_FLAG,
+    OUT_DIR,
+    PINNING_RESULTS,
+    PINNING_WHY,
+    PINNINGS,
+    RESULTS,
+    SALE_STOCK,
+    Bench,
+    Pinning,
+    Tools,
+    raise_fd_limit,
+)
 from services import (
-    BENCH_DIR,
-    ROOT,
     Service,
     StartError,
-    admin,
     bench_redis,
     command_line,
     create_sale,
-    http_get,
     nginx_ceiling,
     seckill_server,
     seed_stack,
     stop_on_sigterm,
-    taskset,
 )
-
-OUT_DIR = BENCH_DIR / "out"
-RESULTS = BENCH_DIR / "RESULTS.md"
-PINNING_RESULTS = BENCH_DIR / "PINNING.md"
-
-# wrk loads: "wrk" gives every request a distinct ?user= (users.lua), "wrk1" sends one URL.
-WRK_LOADS = ("wrk", "wrk1")
-ADMIT_ITEM = "bench-admit"
-ADMIT_STOCK = 10**12  # never runs out: every request is a Redis admission
-SOLD_OUT_ITEM = "bench-soldout"
-SALE_ITEM = "bench-sale"  # (f) and (g): a fresh sale per run, bench-sale-1, bench-sale-2, ...
-SALE_STOCK = 100_000  # a realistic stock: winners bounded by it, not by the run's length
-SALE_POLL = 0.002  # seconds between two reads of the sale's sold while (f) runs
-EXACT_WRK_ITEM = "bench-exact-wrk"
-EXACT_AB_ITEM = "bench-exact-ab"
-METRICS_REPEAT = 5  # rounds of the on/off pair at least (each: on, off or off, on)
-NO_METRICS_FLAG = "--no-metrics"  # the server's switch that turns all counting off, for (e)
-DEFAULT_SWEEP = "10,100,1000"  # wrk connections of the connection sweep
-# File descriptors a process needs beyond its N client sockets (listeners, logs, Redis,
-# pipes); the limit is raised to at least FD_FLOOR so that nginx's worker_connections 4096
-# fits too.
-FD_HEADROOM = 64
-FD_FLOOR = 4096
-
-
-@dataclasses.dataclass(frozen=True)
-class Pinning:
-    """CPU lists for `taskset -c` (None: not pinned)."""
-
-    name: str
-    server: str | None  # the contender: seckill, gunicorn and its workers, nginx
-    client: str | None  # wrk, ab (and py-spy)
-    redis: str | None
-    summary: str
-
-
-PINNINGS = {
-    p.name: p
-    for p in (
-        Pinning("none", None, None, None, "no taskset: the scheduler places everything"),
-        Pinning("split", "0", "1", "1",
-                "contender alone on CPU 0; load generator and Redis on CPU 1"),
-        Pinning("colocated", "0", "1", "0",
-                "contender and Redis on CPU 0; load generator alone on CPU 1"),
-    )
-}
-DEFAULT_PINNING = "split"
-# Why DEFAULT_PINNING: what `--pin-experiment` showed (bench/PINNING.md, 5 rounds of 5 s).
-PINNING_WHY = (
-    "Why, from `--pin-experiment` (bench/PINNING.md, 5 rounds of 5 s per scheme): on a quiet "
-    "machine pinning does not make the numbers steadier. The run-to-run spread (CV) of req/s "
-    "was 1.6% unpinned, 1.9% split, 2.5% colocated; unpinned showed the only tail spike seen, "
-    "one run of (a) with a 61 ms p99, in an earlier round of the experiment. What does move "
-    "the numbers is other jobs on this shared machine (a run where they took 0.4 CPU lost a "
-    "third of its req/s), hence the quiet wait, the median of 3 runs and the \"other CPU\" "
-    "column. So the scheme was picked for what it measures. split gives every contender the "
-    "same budget, one core of its own, so the ratios compare designs, not core counts: "
-    "unpinned, the seed's 4 workers spread over both cores while our 1-worker server cannot "
-    "use a second one, and × seed falls from 33× to 21×. It keeps Redis off the contender's "
-    "core, as Redis on its own host would be, where colocated makes each contender pay for "
-    "Redis on its one core ((a) lost 22%). And it is the layout the brief suggested. The "
-    "cost: wrk shares CPU 1 with Redis, and wrk with users.lua on one core tops out near "
-    "190k req/s, below what nginx can do on its core (see \"CPUs busy\"): × nginx is "
-    "measured against the client's ceiling as much as against nginx's."
-)
-
 
 # --- Options ---------------------------------------------------------------------------
 
@@ -340,585 +274,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         print(f"--pin {args.pin} needs two CPUs and taskset: running unpinned", file=sys.stderr)
         args.pin = "none"
     return args
-
-
-# --- One benchmark run -------------------------------------------------------------------
-
-def raise_fd_limit(connections: int) -> tuple[int, int]:
-    """Raise this process's soft RLIMIT_NOFILE so that wrk, the server and nginx (children
-    inherit it) can each hold `connections` sockets; (the limit before, the limit now)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max(connections + FD_HEADROOM, FD_FLOOR)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        return soft, new
-    return soft, soft
-
-
-def server_max_connections() -> int | None:
-    """The server's default --max-connections (per worker), None if it cannot be read."""
-    try:
-        from seckill.http.connection import Limits  # the server's module, at the repository root
-    except Exception:  # the module mid-edit, say: then we pass the flag rather than fail
-        return None
-    return int(Limits.max_connections)
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-    """What one table row measures: a contender (a key of report.CONTENDERS) at a URL."""
-
-    contender: str
-    label: str
-    url: str
-
-@dataclasses.dataclass
-class Tools:
-    wrk: str | None
-    ab: str | None
-    nginx: str | None
-
-    @classmethod
-    def find(cls, nginx: str) -> Tools:
-        return cls(loadgen.available("wrk"), loadgen.available("ab"),
-                   nginx if os.access(nginx, os.X_OK) else None)
-
-
-class Bench:
-    """The state of one run: options, tools, pinning, where logs go, and the findings."""
-
-    def __init__(self, args: argparse.Namespace, pin: Pinning, findings: Findings,
-                 work_dir: Path, log_dir: Path) -> None:
-        self.args = args
-        self.pin = pin
-        self.findings = findings
-        self.tools = Tools.find(args.nginx)
-        self.work_dir = work_dir
-        self.log_dir = log_dir
-
-    def note(self, text: str) -> None:
-        self.findings.notes.append(text)
-        print(f"  note: {text}")
-
-    def record_command(self, label: str, argv_or_line: list[str] | str) -> None:
-        line = argv_or_line if isinstance(argv_or_line, str) else command_line(argv_or_line)
-        if (label, line) not in self.findings.commands:
-            self.findings.commands.append((label, line))
-
-    def skip(self, contender: str, tool: str, reason: str) -> None:
-        print(f"  skipping {contender} with {tool}: {reason}")
-        self.findings.rows.append(Row(contender, tool, skipped=reason))
-
-    # Load.
-    def wrk_argv(self, url: str, duration: float, count_status: bool = False,
-                 users: bool = True, connections: int | None = None) -> list[str]:
-        argv = loadgen.wrk_command(url, threads=self.args.threads,
-                                   connections=connections or self.args.connections,
-                                   duration=duration, users=users and not self.args.plain_url,
-                                   count_status=count_status)
-        return taskset(argv, self.pin.client)
-
-    def wait_quiet(self) -> None:
-        """Wait (bounded) until other processes leave the CPUs alone for a moment."""
-        deadline = time.monotonic() + self.args.quiet_wait
-        watch = CpuWatch()
-        load = None
-        while watch.available and time.monotonic() < deadline:
-            watch.start()
-            time.sleep(0.5)
-            load = watch.foreign_cpus()
-            if load is not None and load < self.args.quiet_threshold:
-                return
-        if load is not None and self.args.quiet_wait > 0:
-            print(f"    the machine is busy ({load:.2f} CPUs used by others); measuring anyway")
-
-    def warm_up(self, url: str, users: bool = True, connections: int | None = None) -> None:
-        if self.args.warmup > 0:
-            loadgen.run_wrk(self.wrk_argv(url, self.args.warmup, users=users, connections=connections),
-                            self.args.warmup)
-
-    def measured(self, label: str, tool: str, argv: list[str], run: Callable[[], LoadResult],
-                 which: str = "") -> LoadResult:
-        """Run the load tool, noting how much CPU other processes took meanwhile."""
-        self.record_command(label, argv)
-        print(f"  {label}{which}: {tool} ...", flush=True)
-        watch = CpuWatch()
-        watch.start()
-        result = run()
-        result.foreign_cpu = watch.foreign_cpus()
-        result.cpu_busy = watch.busy()
-        other = "" if result.foreign_cpu is None else f", other processes {result.foreign_cpu:.2f} CPUs"
-        if result.cpu_busy:
-            other += ", CPUs busy " + "/".join(f"{b:.0%}" for b in result.cpu_busy)
-        print(f"    {result.rps:,.0f} req/s, p50 {_ms(result.p50_ms)}, p99 {_ms(result.p99_ms)}, "
-              f"non-2xx {result.non2xx}, errors {result.errors}{other}")
-        return result
-
-    def wrk(self, label: str, url: str, *, duration: float | None = None,
-            count_status: bool = False, which: str = "", users: bool = True,
-            connections: int | None = None) -> LoadResult:
-        duration = duration or self.args.duration
-        argv = self.wrk_argv(url, duration, count_status, users, connections)
-        return self.measured(label, "wrk", argv, lambda: loadgen.run_wrk(argv, duration), which)
-
-    def ab(self, label: str, url: str, requests: int | None = None, which: str = "") -> LoadResult:
-        argv = taskset(loadgen.ab_command(url, connections=self.args.connections,
-                                          requests=requests or self.args.ab_requests), self.pin.client)
-        return self.measured(label, "ab", argv, lambda: loadgen.run_ab(argv), which)
-
-    def series(self, contender: str, tool: str, label: str, url: str, *,
-               evalsha: EvalshaCounter | None = None, expect_non2xx: bool = False) -> None:
-        """One row of the main table (see measure_rows)."""
-        self.findings.rows += self.measure_rows(tool, [Arm(contender, label, url)], evalsha=evalsha,
-                                                expect_non2xx=expect_non2xx)
-
-    def measure_rows(self, tool: str, arms: list[Arm], *, evalsha: EvalshaCounter | None = None,
-                     expect_non2xx: bool = False, connections: int | None = None,
-                     duration: float | None = None, repeat: int | None = None,
-                     warm_up: bool = True) -> list[Row]:
-        """A row per arm: `repeat` (--repeat) rounds, each arm measured once per round after a
-        quiet wait (and a warm-up before its first run, unless `warm_up` is False), the run
-        with the median req/s
-        standing for all. With several arms the rounds alternate their order (A B, B A, ...),
-        so a drift in the shared machine's load hits every arm alike."""
-        wrk = tool in WRK_LOADS
-        if (wrk and not self.tools.wrk) or (tool == "ab" and not self.tools.ab):
-            reason = f"{tool} not found" + (" (apt-get install apache2-utils)" if tool == "ab" else "")
-            print(f"  skipping {', '.join(arm.label for arm in arms)}: {reason}")
-            return [Row(arm.contender, tool, skipped=reason, connections=connections) for arm in arms]
-        repeat = repeat or self.args.repeat
-        users = tool == "wrk"
-        where = f" at {connections} connections" if connections else ""
-        runs: dict[Arm, list[tuple[LoadResult, float | None]]] = {arm: [] for arm in arms}
-        for index in range(repeat):
-            for arm in (arms if index % 2 == 0 else arms[::-1]):
-                self.wait_quiet()
-                if index == 0 and wrk and warm_up:
-                    self.warm_up(arm.url, users, connections)
-                before = evalsha.calls() if evalsha else 0
-                which = f" [{index + 1}/{repeat}]" if repeat > 1 else ""
-                result = (self.wrk(arm.label, arm.url, which=which, users=users, duration=duration,
-                                   connections=connections) if wrk
-                          else self.ab(arm.label, arm.url, which=which))
-                runs[arm].append((result, evalsha.per_request(before, result.requests)
-                                  if evalsha else None))
-                self.check(f"({arm.contender}) with {tool}{where}", result, expect_non2xx)
-        rows = []
-        for arm in arms:
-            median, redis_rt = sorted(runs[arm], key=lambda run: run[0].rps)[len(runs[arm]) // 2]
-            rows.append(Row(arm.contender, tool, median, redis_rt=redis_rt,
-                            all_rps=[r.rps for r, _ in runs[arm]], connections=connections))
-            name = f"({arm.contender}) with {tool}{where}"
-            if self.client_bound(median):
-                self.note(f"{name}: the load generator's CPU was saturated while the contender's "
-                          "was not: this row measures the client as much as the contender")
-            if median.foreign_cpu is not None and median.foreign_cpu > DISTURBED:
-                self.note(f"{name}: other processes used {median.foreign_cpu:.2f} CPUs during the "
-                          "median run; its numbers are low by an unknown amount")
-        return rows
-
-    def every_load(self, contender: str, label: str, url: str) -> None:
-        """A row per load: wrk with distinct users, wrk with one URL, ab without keep-alive."""
-        self.series(contender, "wrk", label, url)
-        self.series(contender, "wrk1", f"{label}, one URL", url)
-        if "ab" not in self.args.skip:
-            self.series(contender, "ab", f"{label}, no keep-alive", url)
-
-    def client_bound(self, result: LoadResult) -> bool:
-        """With the client and the contender on cores of their own: was the client the limit?"""
-        if not result.cpu_busy or not self.pin.client or not self.pin.server:
-            return False
-        if "," in self.pin.client or "," in self.pin.server:
-            return False
-        client, server = int(self.pin.client), int(self.pin.server)
-        if max(client, server) >= len(result.cpu_busy):
-            return False
-        return result.cpu_busy[client] > 0.97 and result.cpu_busy[server] < 0.9
-
-    def check(self, name: str, result: LoadResult, expect_non2xx: bool) -> None:
-        """Errors, and answers other than the ones this contender should give, are findings."""
-        if result.errors:
-            self.note(f"{name}: {result.errors} errors ({result.error_detail})")
-        if expect_non2xx and result.non2xx != result.requests:
-            self.note(f"{name}: {result.requests - result.non2xx} of {result.requests} answers were "
-                      "2xx where every one should be 409 sold out")
-        if not expect_non2xx and result.non2xx:
-            self.note(f"{name}: {result.non2xx} non-2xx answers where none were expected")
-
-
-def _ms(value: float | None) -> str:
-    return "?" if value is None else f"{value:.2f} ms"
-
-
-class EvalshaCounter:
-    """Redis's count of EVALSHA calls, the server's round trips when one item is on sale."""
-
-    def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url)
-
-    def calls(self) -> int:
-        stats: dict[str, Any] = self.client.info("commandstats")
-        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
-
-    def per_request(self, before: int, requests: int) -> float | None:
-        return (self.calls() - before) / requests if requests else None
-
-
-def measure_seckill(bench: Bench, redis_url: str) -> None:
-    print("seckill server (contenders a, b, e)")
-    pin = bench.pin
-    extra = server_limits(bench)
-    with seckill_server(redis_url, bench.log_dir, pin.server, extra) as (server, port):
-        bench.record_command("seckill server, 1 worker", server.command)
-        base = f"http://127.0.0.1:{port}"
-        create_sale(redis_url, ADMIT_ITEM, ADMIT_STOCK)
-        create_sale(redis_url, SOLD_OUT_ITEM, 0)
-        bench.record_command("sales (each command also takes --redis URL)", "\n".join(
-            command_line(["python", "seckill_server.py", "create", item, "--stock", str(stock)])
-            for item, stock in ((ADMIT_ITEM, ADMIT_STOCK), (SOLD_OUT_ITEM, 0))))
-        evalsha = EvalshaCounter(redis_url)
-        admit_url = f"{base}/seckill/{ADMIT_ITEM}"
-        sold_out_url = f"{base}/seckill/{SOLD_OUT_ITEM}"
-
-        bench.series("a", "wrk", "(a) admission", admit_url, evalsha=evalsha)
-        admission_metrics_off(bench, redis_url, admit_url, extra, evalsha)
-        status, _ = http_get(port, f"/seckill/{SOLD_OUT_ITEM}")  # arms the sold-out gate
-        if status != 409:
-            bench.note(f"(b) the first request to a stock-0 sale answered {status}, not 409")
-        bench.series("b", "wrk", "(b) sold out", sold_out_url, evalsha=evalsha, expect_non2xx=True)
-        bench.series("b", "wrk1", "(b) sold out, one URL", sold_out_url, evalsha=evalsha,
-                     expect_non2xx=True)
-        if "sale" not in bench.args.skip:
-            measure_sale(bench, base, redis_url, evalsha)
-        if "ab" not in bench.args.skip:
-            bench.series("a", "ab", "(a) admission, no keep-alive", admit_url, evalsha=evalsha)
-        connection_sweep(bench, "a", "(a) admission, one URL", admit_url, evalsha)
-
-        if "exact" not in bench.args.skip:
-            check_exactness(bench, base, redis_url)
-        if bench.args.profile:
-            profile_admission(bench, server, admit_url)
-    scan_server_log(bench, bench.log_dir / "seckill.log")
-    scan_server_log(bench, bench.log_dir / "seckill-no-metrics.log", "the --no-metrics server")
-
-
-def sold_key(item: str) -> str:
-    """The Redis hash holding a sale's `sold` (sale_store's layout)."""
-    try:
-        from seckill.sales.sale_store import sale_key  # the server's module, at the repository root
-    except Exception:  # the module mid-edit, say: its layout as documented
-        return f"seckill:{{{item}}}"
-    return str(sale_key(item))
-
-
-class SoldWatch:
-    """Reads a sale's `sold` while (f) runs; true (stop wrk) once it reaches the stock.
-    Remembers the first read that saw a unit sold and the first that saw them all."""
-
-    def __init__(self, redis_url: str, item: str, stock: int) -> None:
-        self.client = redis.Redis.from_url(redis_url)
-        self.key = sold_key(item)
-        self.stock = stock
-        self.first: tuple[float, int] | None = None  # (monotonic time, sold)
-        self.full: float | None = None
-        self.samples = 0
-
-    def __call__(self) -> bool:
-        sold = int(self.client.hget(self.key, "sold") or 0)
-        now = time.monotonic()
-        self.samples += 1
-        if sold and self.first is None:
-            self.first = (now, sold)
-        if sold >= self.stock:
-            self.full = now
-            return True
-        return False
-
-    @property
-    def seconds(self) -> float | None:
-        """From the first read that saw a unit sold to the first that saw the stock gone."""
-        if self.first is None or self.full is None:
-            return None
-        return self.full - self.first[0]
-
-
-@contextmanager
-def pinned(cpus: str | None) -> Iterator[None]:
-    """This thread on `cpus` for the block (the poller of (f) keeps off the server's CPU)."""
-    if not cpus or not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
-def measure_sale(bench: Bench, base: str, redis_url: str, evalsha: EvalshaCounter) -> None:
-    """(f) and (g): a sale of --sale-stock units bought by distinct users, a fresh one per
-    run (--repeat). (f): wrk from the start of the sale, stopped with SIGINT as soon as
-    Redis's `sold` (read every SALE_POLL s) reaches the stock; (g): then wrk for --duration
-    on the sold-out sale. The rows are the median runs of each; every run is in
-    findings.sale, with Redis's time to sell out."""
-    stock, args = bench.args.sale_stock, bench.args
-    if not bench.tools.wrk:
-        for contender in ("f", "g"):
-            bench.skip(contender, "wrk", "wrk not found")
-        return
-    # (f)'s -d, a bound it never reaches: wrk is stopped when the units are gone.
-    limit = max(30.0, stock / 10_000)
-    runs: list[SaleRun] = []
-    for index in range(args.repeat):
-        item = f"{SALE_ITEM}-{index + 1}"
-        create_sale(redis_url, item, stock)
-        url = f"{base}/seckill/{item}"
-        which = f" [{index + 1}/{args.repeat}]" if args.repeat > 1 else ""
-        bench.record_command(f"(f) and (g): a sale per run, {SALE_ITEM}-1 .. -{args.repeat} "
-                             "(also takes --redis URL)", command_line(
-                                 ["python", "seckill_server.py", "create", f"{SALE_ITEM}-N",
-                                  "--stock", str(stock)]))
-        bench.wait_quiet()
-        watch = SoldWatch(redis_url, item, stock)
-        argv = bench.wrk_argv(url, limit)
-        before = evalsha.calls()
-        with pinned(bench.pin.client):
-            admission = bench.measured(
-                f"(f) stock {stock:,}, until sold out (wrk stopped by SIGINT then)", "wrk", argv,
-                functools.partial(loadgen.run_wrk_until, argv, limit, watch, SALE_POLL), which)
-        admission_rt = evalsha.per_request(before, admission.requests)
-        seconds = watch.seconds
-        if watch.full is None:
-            bench.note(f"(f) run {index + 1}: {stock:,} units did not sell out in {limit:g} s")
-        else:
-            print(f"    sold out in {seconds:.3f} s by Redis's count ({watch.samples} reads)")
-        if admission.errors:
-            bench.note(f"(f) run {index + 1}: {admission.errors} errors ({admission.error_detail})")
-        bench.wait_quiet()
-        before = evalsha.calls()
-        sold_out = bench.wrk(f"(g) stock {stock:,}, sold out", url, which=which)
-        sold_out_rt = evalsha.per_request(before, sold_out.requests)
-        bench.check("(g) with wrk", sold_out, expect_non2xx=True)
-        status = admin("status", item, redis_url)
-        run = SaleRun(stock, seconds, watch.first[1] if watch.first else 0, watch.samples, admission,
-                      sold_out, int(status["sold"]), int(status["orders"]), admission_rt, sold_out_rt)
-        if not run.exact:
-            bench.note(f"(f) run {index + 1}: Redis says sold {run.sold:,}, orders {run.orders:,} "
-                       f"of a stock of {stock:,}")
-        runs.append(run)
-    bench.findings.sale += runs
-    # (f)'s req/s is Redis's units/s: every admission request wins, and wrk's own figure
-    # also counts the sold-out answers of its last <= 100 ms (it stops on its 100 ms tick).
-    admissions = [dataclasses.replace(r.admission, rps=r.units_per_s or r.admission.rps) for r in runs]
-    sold_outs = [r.sold_out for r in runs if r.sold_out is not None]
-    for contender, results, rts in (("f", admissions, [r.admission_rt for r in runs]),
-                                    ("g", sold_outs, [r.sold_out_rt for r in runs])):
-        order = sorted(range(len(results)), key=lambda i: results[i].rps)
-        median = order[len(order) // 2]
-        bench.findings.rows.append(Row(contender, "wrk", results[median], redis_rt=rts[median],
-                                       all_rps=[r.rps for r in results]))
-
-
-def measure_lookup(bench: Bench, redis_url: str) -> None:
-    """bench/lookup_cost.py inside the run: its own server, pinned as the rows, this Redis."""
-    print("order lookups in a big sale beside purchases of another (bench/lookup_cost.py)")
-    options = dataclasses.replace(lookup_cost.Options(), seconds=bench.args.lookup_seconds,
-                                  rounds=bench.args.lookup_rounds,
-                                  connections=bench.args.connections)
-    bench.findings.lookup = lookup_cost.measure(
-        redis_url, bench.log_dir, options, server_cpus=bench.pin.server,
-        client_cpus=bench.pin.client, wait_quiet=bench.wait_quiet, record=bench.record_command,
-        note=bench.note)
-
-
-def server_limits(bench: Bench) -> list[str]:
-    """Flags the server needs for the sweep's largest point: none while its default
-    --max-connections (per worker) covers it, which is what we want to measure."""
-    largest = max([bench.args.connections, *bench.args.sweep])
-    default = server_max_connections()
-    if default is not None and default >= largest:
-        return []
-    bench.note(f"the server's default --max-connections ({default or 'unknown'}) is below "
-               f"{largest} connections: it runs with --max-connections {largest}")
-    return ["--max-connections", str(largest)]
-
-
-def admission_metrics_off(bench: Bench, redis_url: str, admit_url: str, extra: list[str],
-                          evalsha: EvalshaCounter) -> None:
-    """(a) one URL, and (e): the same on a second server started with `--no-metrics`.
-
-    The second server runs beside the first (pinned alike, same Redis, same sale) and the
-    two rows' runs alternate, so the ratio on/off is not a drift of the shared machine's
-    load. If the server rejects the flag (or --skip metrics), (a) is measured alone and
-    (e) is a skipped row.
-    """
-    on = Arm("a", "(a) admission, one URL", admit_url)
-    reason = "--skip metrics"
-    with ExitStack() as stack:
-        arms = [on]
-        if "metrics" not in bench.args.skip:
-            try:
-                service, port = stack.enter_context(seckill_server(
-                    redis_url, bench.log_dir, bench.pin.server, [*extra, NO_METRICS_FLAG],
-                    log_name="seckill-no-metrics.log"))
-            except (StartError, OSError) as exc:
-                reason = f"the server did not start with {NO_METRICS_FLAG} ({exc})"
-                print(f"  skipping (e): {reason}")
-            else:
-                bench.record_command("seckill server, 1 worker, metrics off (beside the first)",
-                                     service.command)
-                arms.append(Arm("e", f"(e) admission, one URL, {NO_METRICS_FLAG}",
-                                f"http://127.0.0.1:{port}/seckill/{ADMIT_ITEM}"))
-        # A 5 % question on a machine whose runs differ by a few per cent: more rounds.
-        bench.findings.rows += bench.measure_rows(METRICS_TOOL, arms, evalsha=evalsha,
-                                                  repeat=max(bench.args.repeat, METRICS_REPEAT))
-    if len(arms) == 1:
-        bench.findings.rows.append(Row("e", METRICS_TOOL, skipped=reason))
-
-
-def connection_sweep(bench: Bench, contender: str, label: str, url: str,
-                     evalsha: EvalshaCounter | None = None) -> None:
-    """req/s of one URL at each --sweep connection count (shorter runs than the main rows, no
-    warm-up: the contender has just served the main rows); the count the main table ran at
-    reuses the main table's one-URL row."""
-    if "sweep" in bench.args.skip:
-        return
-    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    for connections in bench.args.sweep:
-        main = bench.findings.row(contender, SWEEP_TOOL)
-        if connections == bench.args.connections and main is not None and main.result is not None:
-            bench.findings.sweep.append(dataclasses.replace(main, connections=connections))
-            continue
-        if fd_limit != resource.RLIM_INFINITY and connections + FD_HEADROOM > fd_limit:
-            reason = f"RLIMIT_NOFILE is {fd_limit} (the hard limit), too few for {connections} sockets"
-            print(f"  skipping {label} at {connections} connections: {reason}")
-            bench.findings.sweep.append(Row(contender, SWEEP_TOOL, skipped=reason,
-                                            connections=connections))
-            continue
-        bench.findings.sweep += bench.measure_rows(
-            SWEEP_TOOL, [Arm(contender, f"{label}, {connections} connections", url)],
-            evalsha=evalsha, connections=connections, duration=bench.args.sweep_duration,
-            repeat=bench.args.sweep_repeat, warm_up=False)  # warm: it has just served the main rows
-
-
-def check_exactness(bench: Bench, base: str, redis_url: str) -> None:
-    """Bounded stock: Redis (sold, orders) and the client (200s) must both count `stock` winners."""
-    stock = bench.args.exact_stock
-    if bench.tools.wrk:
-        create_sale(redis_url, EXACT_WRK_ITEM, stock)
-        bench.wait_quiet()
-        result = bench.wrk(f"exactness, stock {stock}", f"{base}/seckill/{EXACT_WRK_ITEM}",
-                           duration=bench.args.exact_seconds, count_status=not bench.args.plain_url)
-        counts = [("requests − non-2xx", result.requests - result.non2xx)]
-        others = f"{result.non2xx:,} non-2xx"
-        if result.statuses:
-            counts.insert(0, ("200s counted by users.lua", result.statuses.get(200, 0)))
-            others = ", ".join(f"{n:,}× {s}" for s, n in sorted(result.statuses.items()) if s != 200)
-        bench.findings.exactness.append(exactness(
-            "wrk", stock, admin("status", EXACT_WRK_ITEM, redis_url), counts, others, result.errors))
-    if bench.tools.ab and "ab" not in bench.args.skip:
-        create_sale(redis_url, EXACT_AB_ITEM, stock)
-        bench.wait_quiet()
-        result = bench.ab(f"exactness, stock {stock}, no keep-alive",
-                          f"{base}/seckill/{EXACT_AB_ITEM}", requests=max(3 * stock, 2000))
-        counts = [("complete − non-2xx", result.requests - result.non2xx)]
-        bench.findings.exactness.append(exactness(
-            "ab", stock, admin("status", EXACT_AB_ITEM, redis_url), counts,
-            f"{result.non2xx:,} non-2xx", result.errors))
-    for check in bench.findings.exactness:
-        print(f"    exactness with {check.tool}: {'pass' if check.passed else 'FAIL'} (stock "
-              f"{check.stock}, sold {check.sold}, orders {check.orders}, client {check.client})")
-
-
-def exactness(tool: str, stock: int, status: dict[str, Any], counts: list[tuple[str, int]],
-              others: str, errors: int) -> Exactness:
-    sold, orders = int(status["sold"]), int(status["orders"])
-    passed = (sold == stock and orders == stock and errors == 0
-              and all(count == stock for _, count in counts))
-    if errors:
-        others += f"; {errors} client errors"
-    client = "; ".join(f"{count:,} ({how})" for how, count in counts)
-    return Exactness(tool, stock, sold, orders, client, others or "none", passed)
-
-
-def profile_admission(bench: Bench, server: Service, url: str) -> None:
-    binary = pyspy.py_spy()
-    if binary is None or not bench.tools.wrk:
-        bench.note("--profile: py-spy or wrk missing, no profile")
-        return
-    if not pyspy.can_attach():
-        bench.note("--profile: py-spy needs root (or CAP_SYS_PTRACE) to attach; no profile")
-        return
-    duration = bench.args.duration
-    output = OUT_DIR / "profile-admission.speedscope.json"
-    argv = taskset(pyspy.record_command(binary, server.pid, max(1.0, duration - 1), output,
-                                        bench.args.profile_rate, bench.args.profile_native),
-                   bench.pin.client)
-    bench.record_command("profile of (a), alongside its wrk", argv)
-    output.unlink(missing_ok=True)
-    bench.wait_quiet()
-    recorder = pyspy.start_recording(argv, bench.log_dir / "py-spy.log")
-    try:
-        result = bench.wrk("(a) admission, profiled", url)
-        recorder.wait(timeout=60)
-    finally:
-        if recorder.poll() is None:
-            recorder.kill()
-            recorder.wait()
-    if not output.exists():
-        bench.note(f"--profile: py-spy wrote nothing; see {bench.log_dir / 'py-spy.log'}")
-        return
-    summary = pyspy.summarize(output, ROOT)
-    bench.findings.profile = Profile(str(output.relative_to(ROOT)), summary.samples, result.rps,
-                                     bench.args.profile_native, summary.by_self,
-                                     summary.own_by_total)
-    text = (f"py-spy, {summary.samples} samples, top functions by self time:\n"
-            + _shares(summary.by_self)
-            + "\nthe server's own functions by total time (with what they call):\n"
-            + _shares(summary.own_by_total))
-    (OUT_DIR / "profile-admission.txt").write_text(text + "\n")
-    print(f"  ({output})\n{text}")
-
-
-def _shares(shares: list[pyspy.FunctionShare]) -> str:
-    return "\n".join(f"  {s.self_pct:5.1f}% self {s.total_pct:5.1f}% total  {s.name}  ({s.where})"
-                     for s in shares)
-
-
-def scan_server_log(bench: Bench, path: Path, who: str = "the server") -> None:
-    """Warnings and errors the server logged during the run are findings too."""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return
-    bad = [line for line in lines if any(w in line for w in (" WARNING ", " ERROR ", "Traceback"))]
-    if bad:
-        bench.note(f"{who} logged {len(bad)} warnings/errors, first: `{bad[0].strip()}`")
-
-
-def measure_seed(bench: Bench, redis_url: str) -> None:
-    print("seed: Flask under gunicorn -k gevent -w 4 (contender c)")
-    redis.Redis.from_url(redis_url).delete("seed:limit")  # SETNX seeds it again: 95 of 100 sold
-    with seed_stack(redis_url, bench.log_dir, bench.pin.server) as (service, port):
-        bench.record_command("seed stack", service.command)
-        url = f"http://127.0.0.1:{port}/limit"
-        bench.every_load("c", "(c) seed", url)
-
-
-def measure_nginx(bench: Bench) -> None:
-    print("nginx return 200 (contender d)")
-    if bench.tools.nginx is None:
-        for tool in (*WRK_LOADS, "ab"):
-            bench.skip("d", tool, f"nginx not found at {bench.args.nginx}")
-        return
-    with nginx_ceiling(bench.tools.nginx, bench.work_dir / "nginx", bench.log_dir,
-                       bench.pin.server) as (service, port):
-        bench.record_command("nginx ceiling (config: bench/nginx.conf.template)", service.command)
-        url = f"http://127.0.0.1:{port}/seckill/x"
-        bench.every_load("d", "(d) nginx", url)
-        connection_sweep(bench, "d", "(d) nginx, one URL", url)
 
 
 # --- Entry points ---------------------------------------------------------------------------
