@@ -164,3 +164,48 @@ def test_sold_out_and_ended_are_gated_for_the_gate_interval(reply: list[bytes], 
     gate, other = asyncio.run(run())
     assert gate is not None and gate[1] == outcome
     assert other is None
+
+
+def test_a_queue_longer_than_max_batch_is_split_into_calls_of_at_most_max_batch() -> None:
+    async def run() -> tuple[list[int], list[Waiter]]:
+        batcher, pipe = make(won, max_batch=3)
+        waiters = [Waiter() for _ in range(7)]
+        for i, waiter in enumerate(waiters):
+            batcher.submit("item", f"u{i}".encode(), waiter)
+        await answers(waiters)
+        return [len(call) - 11 for batch in pipe.calls for call in batch], waiters  # users per call
+
+    sizes, waiters = asyncio.run(run())
+    assert sizes == [3, 3, 1]  # one pipeline of three script calls
+    assert all(w.outcomes and w.outcomes[0][0] == outcomes.WON for w in waiters)
+
+
+def test_at_most_max_in_flight_batches_are_sent_and_the_rest_waits_for_a_place() -> None:
+    async def run() -> tuple[list[int], int]:
+        gate = asyncio.Event()
+        in_flight: list[int] = []
+        sent = 0
+
+        async def slow(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+            nonlocal sent
+            sent += 1
+            in_flight.append(sent)
+            await gate.wait()
+            return won(commands)
+
+        batcher, pipe = make(slow, max_in_flight=2)
+        waiters = []
+        for i in range(4):  # four ticks, one purchase each
+            waiter = Waiter()
+            waiters.append(waiter)
+            batcher.submit(f"item{i}", b"", waiter)
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        at_most = len(pipe.calls)
+        gate.set()
+        await answers(waiters)
+        return [len(batch) for batch in pipe.calls], at_most
+
+    batches, at_most = asyncio.run(run())
+    assert at_most == 2  # the third and fourth waited while two were in flight
+    assert batches == [1, 1, 2]  # then went out together, as one pipeline of two calls

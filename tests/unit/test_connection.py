@@ -218,3 +218,60 @@ def test_pipelined_answers_stay_in_order_whatever_the_split(split: int) -> None:
     assert transport.output == b""
     app.slots[0].set(app.responses.get(202, b"{}", KEEP))
     assert statuses(transport.output) == [202, 200, 201, 200]
+
+
+def test_an_idle_keep_alive_connection_closes_at_its_timeout_and_not_before() -> None:
+    conn, transport, _, clock = connect(Limits(keepalive_timeout=5.0))
+    conn.data_received(get("/ok"))
+    conn.last_active = clock.now
+    clock.now += 4.9
+    conn.expire(clock.now)
+    assert not transport.closed
+    clock.now += 0.2
+    conn.expire(clock.now)
+    assert transport.closed
+    assert statuses(transport.output) == [200]  # no answer for a connection that asked nothing
+
+
+def test_a_trickled_head_gets_408_at_the_header_timeout_from_its_first_byte() -> None:
+    conn, transport, app, clock = connect(Limits(header_timeout=10.0, keepalive_timeout=60.0))
+    head = get("/ok")
+    conn.data_received(head[:3])  # the head's first bytes: the header deadline starts here
+    for byte in head[3:10]:  # slowloris: a byte now and then does not extend it
+        clock.now += 1.0
+        conn.data_received(bytes([byte]))
+        conn.expire(clock.now)
+    assert transport.output == b""
+    clock.now += 3.1
+    conn.expire(clock.now)
+    assert statuses(transport.output) == [408]
+    assert b"Connection: close" in transport.output
+
+
+def test_a_stalled_body_gets_408_after_the_body_timeout_between_reads() -> None:
+    conn, transport, _, clock = connect(Limits(body_timeout=2.0, header_timeout=60.0))
+    conn.data_received(b"POST /ok HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+    clock.now += 1.5
+    conn.data_received(b"de")  # progress: the body timeout counts from the last read
+    conn.expire(clock.now)
+    clock.now += 1.9
+    conn.expire(clock.now)
+    assert transport.output == b""
+    clock.now += 0.2
+    conn.expire(clock.now)
+    assert statuses(transport.output) == [408]
+
+
+def test_after_a_closing_error_input_is_discarded_then_the_socket_closed_at_the_linger_timeout() -> None:
+    from seckill.http.connection import LINGER_TIMEOUT
+
+    conn, transport, _, clock = connect()
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")  # two Hosts: 400, close
+    assert transport.output.startswith(b"HTTP/1.1 400 ")
+    assert transport.eof and not transport.closed  # half-closed: our answer, then FIN
+    written = transport.output
+    conn.data_received(get("/ok") * 3)  # the client still sending: read and discarded
+    assert transport.output == written
+    clock.now += LINGER_TIMEOUT
+    conn.expire(clock.now)
+    assert transport.closed
