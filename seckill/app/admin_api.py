@@ -132,12 +132,12 @@ class AdminApi:
             try:
                 after = order_book.parse_order(query["after"])[1]
             except sale_store.SaleError:
-                raise sale_store.SaleError("after must be an order id like <tag>-<seq>") from None
+                raise HttpError(400, "after must be an order id like <tag>-<seq>") from None
         limit = order_book.DEFAULT_PAGE
         if "limit" in query:
             limit = bodies.ascii_int(query["limit"]) or 0
             if not 1 <= limit <= order_book.MAX_PAGE:
-                raise sale_store.SaleError(f"limit must be an integer from 1 to {order_book.MAX_PAGE}")
+                raise HttpError(400, f"limit must be an integer from 1 to {order_book.MAX_PAGE}")
         page = await order_book.list_orders(self.redis, item, after, limit)
         if page is None:
             return _no_sale(item)
@@ -150,7 +150,7 @@ def _json_object(request: Request) -> dict[str, Any]:
         raise HttpError(415, "the body must be application/json")
     data = bodies.json_value(request.body or b"{}")
     if not isinstance(data, dict):
-        raise sale_store.SaleError("the body must be a JSON object")
+        raise HttpError(400, "the body must be a JSON object")
     return data
 
 
@@ -159,8 +159,8 @@ def _query(request: Request, known: tuple[str, ...]) -> dict[str, str]:
     query: dict[str, str] = {}
     for name, value in bodies.form_pairs(request.query, blanks=True):  # (`limit=` is a bad limit)
         if name not in known:
-            raise sale_store.SaleError(f"unknown query parameter {name!r}: this takes {', '.join(known)}")
+            raise HttpError(400, f"unknown query parameter {name!r}: this takes {', '.join(known)}")
         if name in query:
-            raise sale_store.SaleError(f"query parameter {name!r} is given twice")
+            raise HttpError(400, f"query parameter {name!r} is given twice")
         query[name] = value
     return query
