@@ -15,7 +15,7 @@ set -u
 NEW=${NEW:-$(cd "$(dirname "$0")/.." && pwd)}
 OLD=${OLD:?set OLD to a worktree of the commit to compare with}
 ORDER=${ORDER:-old:7401 new:7402}
-PY=$NEW/.venv/bin/python
+PY=${PY:-$NEW/.venv/bin/python}
 RS=$NEW/.venv/bin/redis-server
 CLI=$NEW/.venv/bin/redis-cli
 pkill -f "redis-server 127.0.0.1:7399" 2>/dev/null

@@ -265,9 +265,26 @@ class Slot:
         self.close = close
 
     def set(self, data: bytes) -> None:
-        if self.data is None:
-            self.data = data
-            self.conn.answered(self)
+        if self.data is not None:
+            return
+        self.data = data
+        conn = self.conn
+        pending = conn._pending
+        if len(pending) == 1 and pending[0] is self:
+            # The common case, one request in flight: written here, where conn.answered()
+            # would do the same for a call more per answer (1.5 % of the one-URL admission
+            # row, same-run A/B). Slot is this module's: nothing outside touches these.
+            pending.clear()
+            transport = conn._transport
+            if transport is not None:
+                transport.write(data)
+                if self.close or conn.closing:
+                    conn._end()
+                elif conn._reading_paused and not conn._writing_paused:
+                    conn._resume_reading()
+                    conn._process()
+            return
+        conn.answered(self)
 
     def fail(self, site: str, exc: BaseException) -> None:
         """An unexpected exception where this answer was being made: a 500, then the
