@@ -418,21 +418,8 @@ class HttpConnection(asyncio.Protocol):
             self._end()
 
     def answered(self, slot: Slot) -> None:
-        """`slot` has its answer: write what is ready at the head of the queue."""
-        pending = self._pending
-        if len(pending) == 1 and pending[0] is slot:
-            # The common case, one request in flight on this connection: write it now.
-            pending.clear()
-            transport = self._transport
-            if transport is None:
-                return
-            transport.write(slot.data)  # type: ignore[arg-type]  # (just set)
-            if slot.close or self.closing:
-                self._end()
-            elif self._reading_paused and not self._writing_paused:
-                self._resume_reading()
-                self._process()
-            return
+        """`slot` has its answer, and others are in flight on this connection (one alone is
+        written by Slot.set itself): write what is ready at the head of the queue."""
         self._write_ready()
 
     def failed(self, site: str, exc: BaseException, close: bool = True) -> bytes:
