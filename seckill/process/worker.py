@@ -26,8 +26,6 @@ from seckill.store.reads import ReadBatcher
 log = logging.getLogger("seckill")
 
 
-# --- One worker ---------------------------------------------------------------------
-
 @dataclasses.dataclass(frozen=True)
 class Wiring:
     """What start-up found or made for the workers, beside what the user set (Config): the
