@@ -47,3 +47,10 @@ class Config:
     log_rotate: str = "midnight"
     log_backups: int = 7
     forwarded_allow_ips: str = "127.0.0.1"
+    auth: str | None = None  # "jwt": the buyer is a verified token's subject (app/auth.py)
+    jwt_algorithm: str = "HS256"
+    jwt_key: str | None = None  # HS*: a secret file (else $SECKILL_JWT_SECRET); others: a PEM public key
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway: float = 5.0
+    jwt_user_claim: str = "sub"

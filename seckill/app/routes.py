@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from seckill import __version__
 from seckill.admission import batcher as batching
+from seckill.app import auth
 from seckill.app.admin_api import AdminApi
 from seckill.app.purchases import (
     RETRY_AFTER,
@@ -84,6 +85,7 @@ class SeckillApp:
         self.board = board
         self.gate_hits = None if stats is None else stats.gate_hits
         self.purchase_answers = PurchaseAnswers(self.responses)
+        self.verifier = auth.verifier_for(config)  # None: no --auth, the buyer is ?user=
         # With the access or result log on (app/logged.py), slots that report their answer.
         self.logged = logged = config.access_log is not None or config.result_log is not None
         self._slot_class: type[Slot] = ReportingSlot if logged else Slot
@@ -107,7 +109,8 @@ class SeckillApp:
                 answer = self._route(request, conn, mode)
         except HttpError as exc:
             self.count(route_name(request.path), exc.status)
-            answer = self.responses.get(exc.status, json_body({"error": exc.reason}), mode)
+            extra = exc.challenge if isinstance(exc, auth.AuthError) else b""
+            answer = self.responses.get(exc.status, json_body({"error": exc.reason}), mode, extra)
         if request.method == b"HEAD" and answer.__class__ is bytes:
             return strip_body(answer)
         return answer
@@ -231,7 +234,10 @@ class SeckillApp:
             if outcome == outcomes.NOT_STARTED:
                 return self.purchase_answers.not_started(item, gate[2] - time.monotonic(), mode)
             return self.purchase_answers.refused(item, outcome, mode)
-        user = request_user(request) if request.query or request.body else b""
+        if self.verifier is None:
+            user = request_user(request) if request.query or request.body else b""
+        else:
+            user = self._buyer(request, item)
         purchase = self._purchase_class(self.purchase_answers, conn, item, mode)
         if not batcher.submit(item, user, purchase):
             if self.stats is not None:
@@ -245,9 +251,12 @@ class SeckillApp:
             self.count("order", 405)
             return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_GET)
         item = self._item(raw_item)
-        user = request_user(request).decode()
-        if not user:
-            raise HttpError(400, "user is required: ?user=...")
+        if self.verifier is None:
+            user = request_user(request).decode()
+            if not user:
+                raise HttpError(400, "user is required: ?user=...")
+        else:  # with --auth, a buyer reads their own orders only
+            user = self._buyer(request, None).decode()
         # Not a task per lookup, as _later makes: the ReadBatcher sends the lookups of one
         # tick together and calls back (a lookup cost five purchases' time through redis-py).
         slot = self._slot_class(conn, conn.closing)
@@ -271,6 +280,17 @@ class SeckillApp:
             self.count("order", 503)
             return self.responses.get(503, UNAVAILABLE_BODY, mode, RETRY_AFTER)
         return slot
+
+    def _buyer(self, request: Request, item: str | None) -> bytes:
+        """With --auth jwt: the verified token's subject (AuthError, a 401, otherwise). A
+        `user` the client names is refused, not ignored: it would believe it bought for them."""
+        assert self.verifier is not None
+        buyer = self.verifier.buyer(request)
+        if (request.query or request.body) and request_user(request):
+            raise HttpError(400, "with --auth jwt the buyer is the token's subject: send no user")
+        if item is not None and buyer.items is not None and item not in buyer.items:
+            raise auth.AuthError("the token is not for this sale", "insufficient_scope")
+        return buyer.user.encode()
 
     @staticmethod
     def _orders_answer(item: str, user: str, orders: list[dict[str, Any]] | None) -> tuple[int, bytes, bytes]:

@@ -173,4 +173,20 @@ def build_serve_parser() -> argparse.ArgumentParser:
                         "the admin token when one is set)")
     parser.add_argument("--sweep-interval", type=bounded(float, 0.05, 3600), default=d.sweep_interval,
                         metavar="SECONDS", help="how often each worker expires unpaid holds")
+    auth = parser.add_argument_group("buyers (README: Signed buyers)")
+    auth.add_argument("--auth", choices=["jwt"], default=None,
+                      help="jwt: a purchase needs Authorization: Bearer <JWT>, and its buyer is the token's "
+                      "subject (default: off, the buyer is whatever ?user= says)")
+    auth.add_argument("--jwt-algorithm", default=d.jwt_algorithm,
+                      choices=["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"],
+                      help="the one algorithm tokens are signed with")
+    auth.add_argument("--jwt-key", default=None, metavar="PATH",
+                      help="HS*: a file holding the secret (else $SECKILL_JWT_SECRET); RS*, ES*, EdDSA: the "
+                      "PEM public key")
+    auth.add_argument("--jwt-issuer", default=None, metavar="ISS", help="required `iss` claim")
+    auth.add_argument("--jwt-audience", default=None, metavar="AUD", help="required `aud` claim")
+    auth.add_argument("--jwt-leeway", type=bounded(float, 0.0, 300.0), default=d.jwt_leeway,
+                      metavar="SECONDS", help="clock skew allowed on exp and nbf")
+    auth.add_argument("--jwt-user-claim", default=d.jwt_user_claim, metavar="CLAIM",
+                      help="the claim that names the buyer")
     return parser

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from seckill import __version__
+from seckill.app import auth
 from seckill.config import Config
 from seckill.exits import EXIT_BIND, EXIT_REDIS, EXIT_USAGE, Fatal
 from seckill.ops import metrics
@@ -154,6 +155,10 @@ def bind_unix_socket(path: str, backlog: int) -> socket.socket:
 
 
 def main_serve(config: Config) -> int:
+    try:
+        auth.verifier_for(config)  # here, for a one-line error rather than a worker's traceback
+    except (ValueError, OSError) as exc:
+        raise Fatal(f"--auth jwt: {exc}", EXIT_USAGE) from exc
     for path in (config.access_log, config.result_log):
         if path is not None and path != "-":
             try:  # here, for a one-line error rather than a worker's traceback

@@ -1,0 +1,240 @@
+"""--auth jwt, end to end: real tokens (PyJWT, real keys), a real server and Redis. The
+buyer is the token's subject and nobody else; every refusal is a 401 (403 for a token not
+valid for the sale) with its RFC 6750 challenge; a memoised token never outlives its exp."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import redis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from support.helpers import create_sale, stream_orders
+from support.http_client import Conn, fetch, get, read_one
+
+SECRET = "a-test-secret-of-at-least-32-bytes-long"
+
+
+def token(key: Any = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
+    body = {"sub": "ann", "exp": int(time.time()) + 300, **claims}
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=algorithm)
+
+
+def with_token(path: str, value: str | None, method: str = "GET") -> bytes:
+    auth = f"Authorization: Bearer {value}\r\n" if value is not None else ""
+    return f"{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}\r\n".encode()
+
+
+@pytest.fixture
+def hs_server(start_server, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SECKILL_JWT_SECRET", SECRET)
+    return start_server("--auth", "jwt", "--jwt-issuer", "shop", "--jwt-audience", "sale")
+
+
+def claims_ok(**more: Any) -> dict[str, Any]:
+    return {"iss": "shop", "aud": "sale", **more}
+
+
+def test_a_token_buys_for_its_subject_and_the_lookup_shows_only_its_orders(hs_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+    create_sale(redis_client, "hat", 10)
+    with Conn(hs_server.port) as conn:
+        won = conn.request(with_token("/seckill/hat", token(**claims_ok())))
+        assert (won.status, won.json()["result"]) == (200, "won"), won.body
+        mine = conn.request(with_token("/seckill/hat/order", token(**claims_ok())))
+        assert mine.json()["user"] == "ann" and mine.json()["orders"][0]["order"] == won.json()["order"]
+        bob = conn.request(with_token("/seckill/hat/order", token(**claims_ok(sub="bob"))))
+        assert (bob.status, bob.json()["result"]) == (404, "no_order")
+    assert [o["user"] for o in stream_orders(redis_client, "hat")] == ["ann"]
+
+
+@pytest.mark.parametrize("path", ["/seckill/hat?user=bob", "/seckill/hat/order?user=bob"])
+def test_a_user_named_beside_a_token_is_refused(hs_server, redis_client, path: str) -> None:  # type: ignore[no-untyped-def]
+    create_sale(redis_client, "hat", 10)
+    with Conn(hs_server.port) as conn:
+        answer = conn.request(with_token(path, token(**claims_ok())))
+    assert answer.status == 400 and "token's subject" in answer.json()["error"]
+    assert stream_orders(redis_client, "hat") == []
+
+
+def rsa_pem() -> tuple[Any, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key, key.public_key().public_bytes(serialization.Encoding.PEM,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+REFUSALS = [
+    pytest.param(None, "invalid_request", id="no-token"),
+    pytest.param("not.a.jwt", "invalid_token", id="garbage"),
+    pytest.param(lambda: token("another-secret-of-at-least-32-bytes", **claims_ok()), "invalid_token",
+                 id="forged-signature"),
+    pytest.param(lambda: jwt.encode(claims_ok(sub="ann", exp=int(time.time()) + 60), None, algorithm="none"),
+                 "invalid_token", id="alg-none"),
+    pytest.param(lambda: token(rsa_pem()[0], "RS256", **claims_ok()), "invalid_token", id="another-algorithm"),
+    pytest.param(lambda: token(exp=int(time.time()) - 6, **claims_ok()), "invalid_token", id="expired"),
+    pytest.param(lambda: token(nbf=int(time.time()) + 60, **claims_ok()), "invalid_token", id="not-yet-valid"),
+    pytest.param(lambda: token(iss="other", aud="sale"), "invalid_token", id="wrong-issuer"),
+    pytest.param(lambda: token(iss="shop", aud="other"), "invalid_token", id="wrong-audience"),
+    pytest.param(lambda: token(sub=None, **claims_ok()), "invalid_token", id="no-subject"),
+    pytest.param(lambda: token(exp=None, **claims_ok()), "invalid_token", id="no-exp"),
+    pytest.param(lambda: token(pad="x" * 10_000, **claims_ok()), "invalid_token", id="10kb-token"),
+]
+
+
+@pytest.mark.parametrize(("make", "error"), REFUSALS)
+def test_every_bad_token_is_a_401_with_its_challenge(hs_server, redis_client, make: Any, error: str) -> None:  # type: ignore[no-untyped-def]
+    create_sale(redis_client, "hat", 10)
+    value = make() if callable(make) else make
+    with Conn(hs_server.port) as conn:
+        answer = conn.request(with_token("/seckill/hat", value))
+        assert answer.status == 401, answer.body
+        assert answer.headers["www-authenticate"].startswith(f'Bearer error="{error}", error_description="')
+        assert conn.request(get("/healthz")).status == 200  # the connection stays usable
+    assert stream_orders(redis_client, "hat") == []
+
+
+def test_an_rs256_public_key_used_as_an_hs256_secret_is_refused(start_server, redis_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    private, public = rsa_pem()
+    key = tmp_path / "rs.pem"
+    key.write_bytes(public)
+    server = start_server("--auth", "jwt", "--jwt-algorithm", "RS256", "--jwt-key", str(key))
+    create_sale(redis_client, "hat", 10)
+    good = fetch(server.port, "GET", "/seckill/hat", headers={"Authorization": f"Bearer {token(private, 'RS256')}"})
+    assert good.json()["result"] == "won"
+    # The classic confusion: HS256 "signed" with the public key's PEM bytes.
+    forged = _hs256_with_raw_key(public, {"sub": "eve", "exp": int(time.time()) + 60})
+    answer = fetch(server.port, "GET", "/seckill/hat", headers={"Authorization": f"Bearer {forged}"})
+    assert answer.status == 401
+    assert [o["user"] for o in stream_orders(redis_client, "hat")] == ["ann"]
+
+
+def _hs256_with_raw_key(key: bytes, claims: dict[str, Any]) -> str:
+    """An HS256 token whose secret is `key` (PyJWT itself refuses to sign with a PEM)."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + b"." + b64(json.dumps(claims).encode())
+    return (signing + b"." + b64(hmac.new(key, signing, hashlib.sha256).digest())).decode()
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "EdDSA"])
+def test_ecdsa_and_eddsa_tokens_buy(start_server, redis_client, tmp_path: Path, algorithm: str) -> None:  # type: ignore[no-untyped-def]
+    private = ec.generate_private_key(ec.SECP256R1()) if algorithm == "ES256" else ed25519.Ed25519PrivateKey.generate()
+    key = tmp_path / "key.pem"
+    key.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+    server = start_server("--auth", "jwt", "--jwt-algorithm", algorithm, "--jwt-key", str(key))
+    create_sale(redis_client, "hat", 10)
+    answer = fetch(server.port, "GET", "/seckill/hat",
+                   headers={"Authorization": f"Bearer {token(private, algorithm, sub='zoe')}"})
+    assert answer.json()["result"] == "won", answer.body
+    assert [o["user"] for o in stream_orders(redis_client, "hat")] == ["zoe"]
+
+
+def test_an_items_claim_limits_the_token_to_its_sales(hs_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+    create_sale(redis_client, "hat", 10)
+    create_sale(redis_client, "cap", 10)
+    value = token(items=["cap"], **claims_ok())
+    with Conn(hs_server.port) as conn:
+        refused = conn.request(with_token("/seckill/hat", value))
+        assert refused.status == 403
+        assert refused.headers["www-authenticate"].startswith('Bearer error="insufficient_scope"')
+        assert conn.request(with_token("/seckill/cap", value)).json()["result"] == "won"
+
+
+def test_a_memoised_token_is_refused_once_it_expires(hs_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+    create_sale(redis_client, "hat", 100)
+    # exp close: accepted now (memoised), refused once exp + the 5 s leeway has passed.
+    exp = time.time() - 5 + 1.5
+    value = token(exp=exp, **claims_ok())
+    with Conn(hs_server.port) as conn:
+        assert conn.request(with_token("/seckill/hat", value)).status == 200
+        assert conn.request(with_token("/seckill/hat", value)).status == 200  # from the memo
+        time.sleep(max(0.0, exp + 5 - time.time()) + 0.1)  # a clock deadline, not a synchronisation
+        late = conn.request(with_token("/seckill/hat", value))
+    assert late.status == 401 and "expired" in late.json()["error"]
+
+
+def test_the_sold_out_gate_answers_before_any_token_is_read(hs_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+    create_sale(redis_client, "gone", 1)
+    with Conn(hs_server.port) as conn:
+        assert conn.request(with_token("/seckill/gone", token(**claims_ok()))).status == 200
+        assert conn.request(with_token("/seckill/gone", token(**claims_ok(sub="bob")))).status == 409
+        # Sold out and known: the gate answers, whatever the token (a bad one too).
+        assert conn.request(with_token("/seckill/gone", "garbage")).status == 409
+
+
+def test_with_a_limit_exactly_one_win_per_subject_whatever_a_bot_sends(start_server, monkeypatch,  # type: ignore[no-untyped-def]
+                                                                       redis_client: redis.Redis) -> None:
+    monkeypatch.setenv("SECKILL_JWT_SECRET", SECRET)
+    server = start_server("--auth", "jwt", workers=2)
+    create_sale(redis_client, "hat", 500, per_user=1)
+    buyers = [f"b{i}" for i in range(1000)]
+    tokens = {b: token(sub=b) for b in buyers}
+
+    async def run() -> list[tuple[int, str]]:
+        async def one(names: list[str]) -> list[tuple[int, str]]:
+            got = []
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                for name in names:
+                    for _ in range(5):
+                        writer.write(with_token("/seckill/hat", tokens[name]))
+                        response, rest = await read_one(reader, b"")
+                        assert rest == b""
+                        got.append((response.status, str(response.json().get("result"))))
+            finally:
+                writer.close()
+            return got
+
+        groups = [buyers[i::200] for i in range(200)]
+        results = await asyncio.gather(*(one(g) for g in groups))
+        return [r for group in results for r in group]
+
+    answers = asyncio.run(run())
+    counts = Counter(result for _, result in answers)
+    assert counts["won"] == 500, counts
+    winners = [o["user"] for o in stream_orders(redis_client, "hat")]
+    assert len(winners) == len(set(winners)) == 500
+    # A bot with one token: whatever it sends, one subject, at most one win.
+    bot = token(sub="bot")
+    create_sale(redis_client, "cap", 10, per_user=1)
+    tries = [f"/seckill/cap?user=u{i}" for i in range(5)] + ["/seckill/cap"] * 5
+    statuses = [fetch(server.port, "GET", p, headers={"Authorization": f"Bearer {bot}"}).status for p in tries]
+    assert statuses.count(200) == 1 and set(statuses[:5]) == {400}
+    assert [o["user"] for o in stream_orders(redis_client, "cap")] == ["bot"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--auth", "jwt"], "HS256 needs its secret: set SECKILL_JWT_SECRET or pass --jwt-key FILE"),
+    (["--auth", "jwt", "--jwt-algorithm", "ES256"], "ES256 needs --jwt-key PUBLIC_KEY.pem"),
+    (["--auth", "jwt", "--jwt-algorithm", "ES256", "--jwt-key", "{junk}"], "is not a PEM public key"),
+    (["--auth", "jwt", "--jwt-key", "/nonexistent/secret"], "No such file or directory"),
+    (["--auth", "jwt", "--jwt-algorithm", "HS1"], "invalid choice"),
+])
+def test_a_bad_auth_setting_is_one_line_and_exit_2(tmp_path: Path, monkeypatch, args: list[str],  # type: ignore[no-untyped-def]
+                                                   message: str) -> None:
+    import subprocess
+    import sys
+
+    from support.helpers import ROOT
+
+    monkeypatch.delenv("SECKILL_JWT_SECRET", raising=False)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key")
+    done = subprocess.run([sys.executable, str(ROOT / "seckill_server.py"), "--port", "1",
+                           *[a.replace("{junk}", str(junk)) for a in args]],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
