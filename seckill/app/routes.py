@@ -24,6 +24,7 @@ from seckill.app.purchases import (
     ReportingSlot,
     TimedPurchase,
 )
+from seckill.app.ratelimit import Limiter, Rate
 from seckill.config import Config
 from seckill.http import bodies
 from seckill.http.connection import HttpConnection, Registry, Slot
@@ -38,7 +39,7 @@ from seckill.http.responses import (
     json_body,
     strip_body,
 )
-from seckill.ops import dashboard, faults, metrics
+from seckill.ops import dashboard, faults, metrics, request_logs
 from seckill.sales import order_book, outcomes, sale_store
 from seckill.store.reads import ReadBatcher
 
@@ -57,6 +58,7 @@ _ALLOW_PURCHASE = b"Allow: GET, POST\r\n"
 _ALLOW_GET = b"Allow: GET, HEAD\r\n"
 _INTERNAL = json_body({"error": "internal"})
 _OK = json_body({"status": "ok"})
+_RATE_LIMITED = json_body({"result": "rate_limited"})
 _NO_STORE = b"Cache-Control: no-store\r\n"
 _HTML = b"text/html; charset=utf-8"
 _PAGE_HEADERS = b"Content-Security-Policy: %s\r\n%s" % (dashboard.PAGE_CSP, _NO_STORE)
@@ -86,6 +88,9 @@ class SeckillApp:
         self.gate_hits = None if stats is None else stats.gate_hits
         self.purchase_answers = PurchaseAnswers(self.responses)
         self.verifier = auth.verifier_for(config)  # None: no --auth, the buyer is ?user=
+        self.ip_limit = None if config.rate_per_ip is None else Limiter("ip", Rate.parse(config.rate_per_ip))
+        self.user_limit = None if config.rate_per_user is None else Limiter("user", Rate.parse(config.rate_per_user))
+        self._trust = request_logs.ProxyTrust(config.forwarded_allow_ips)
         # With the access or result log on (app/logged.py), slots that report their answer.
         self.logged = logged = config.access_log is not None or config.result_log is not None
         self._slot_class: type[Slot] = ReportingSlot if logged else Slot
@@ -218,6 +223,12 @@ class SeckillApp:
         if request.method not in _PURCHASE_METHODS:
             self.count("purchase", 405)
             return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_PURCHASE)
+        if self.ip_limit is not None:  # before the gate and the token: a flood costs least here
+            client = self._trust.client(conn.peer_address, request.header(b"x-forwarded-for"),
+                                        request.header(b"x-real-ip"))
+            wait = self.ip_limit.take(client, _monotonic())
+            if wait:
+                return self._rate_limited(self.ip_limit, wait, mode)
         batcher = self.batcher
         gate = batcher.gates.get(item)  # (batcher.gate() inlined: this is every request)
         if gate is not None and _monotonic() < gate[0]:
@@ -238,6 +249,10 @@ class SeckillApp:
             user = request_user(request) if request.query or request.body else b""
         else:
             user = self._buyer(request, item)
+        if self.user_limit is not None and user:
+            wait = self.user_limit.take(user.decode(), _monotonic())
+            if wait:
+                return self._rate_limited(self.user_limit, wait, mode)
         purchase = self._purchase_class(self.purchase_answers, conn, item, mode)
         if not batcher.submit(item, user, purchase):
             if self.stats is not None:
@@ -280,6 +295,12 @@ class SeckillApp:
             self.count("order", 503)
             return self.responses.get(503, UNAVAILABLE_BODY, mode, RETRY_AFTER)
         return slot
+
+    def _rate_limited(self, limiter: Limiter, wait: float, mode: int) -> bytes:
+        self.count("purchase", 429)
+        if self.stats is not None:
+            self.stats.rate_limited[limiter.scope] = self.stats.rate_limited.get(limiter.scope, 0) + 1
+        return self.responses.build(429, _RATE_LIMITED, mode, limiter.headers(wait))
 
     def _buyer(self, request: Request, item: str | None) -> bytes:
         """With --auth jwt: the verified token's subject (AuthError, a 401, otherwise). A

@@ -7,6 +7,7 @@ import logging
 from typing import Any, NoReturn
 
 from seckill import __version__
+from seckill.app.ratelimit import Rate
 from seckill.config import Config
 from seckill.exits import EXIT_USAGE, Fatal
 from seckill.ops import request_logs
@@ -74,6 +75,14 @@ def _proxies(text: str) -> str:
         request_logs.ProxyTrust(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return text
+
+
+def _rate(text: str) -> str:
+    try:
+        Rate.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -173,6 +182,11 @@ def build_serve_parser() -> argparse.ArgumentParser:
                         "the admin token when one is set)")
     parser.add_argument("--sweep-interval", type=bounded(float, 0.05, 3600), default=d.sweep_interval,
                         metavar="SECONDS", help="how often each worker expires unpaid holds")
+    parser.add_argument("--rate-per-ip", type=_rate, default=None, metavar="RATE[/s][:BURST]",
+                        help="purchases per client address (the peer, or what a trusted proxy names): BURST at "
+                        "once, RATE a second after; past it 429. Per worker (default: off)")
+    parser.add_argument("--rate-per-user", type=_rate, default=None, metavar="RATE[/s][:BURST]",
+                        help="the same per buyer (the token's subject with --auth jwt) (default: off)")
     auth = parser.add_argument_group("buyers (README: Signed buyers)")
     auth.add_argument("--auth", choices=["jwt"], default=None,
                       help="jwt: a purchase needs Authorization: Bearer <JWT>, and its buyer is the token's "

@@ -104,6 +104,7 @@ class WorkerStats:
         self.round_trip = Histogram(LATENCY_BOUNDS)  # one pipelined write of script calls to its replies
         self.batch_size = Histogram(BATCH_BOUNDS)  # requests per script call
         self.internal_errors: dict[str, int] = {}  # site: unexpected exceptions (faults.Faults counts)
+        self.rate_limited: dict[str, int] = {}  # scope ("ip", "user"): purchases answered 429
         self.sales: set[str] = set()  # items whose sale Redis has shown to exist: their own label
 
     def count_request(self, route: str, status: int) -> None:
@@ -134,6 +135,7 @@ class WorkerStats:
             "round_trip": self.round_trip.dump(),
             "batch_size": self.batch_size.dump(),
             "internal_errors": self.internal_errors,
+            "rate_limited": self.rate_limited,
             "connections": connections,
             "in_flight": in_flight,
         }
@@ -151,6 +153,7 @@ class Totals:
         self.round_trip = Histogram(LATENCY_BOUNDS)
         self.batch_size = Histogram(BATCH_BOUNDS)
         self.internal_errors: dict[str, int] = {}
+        self.rate_limited: dict[str, int] = {}
         self.connections = 0
         self.in_flight = 0
 
@@ -171,6 +174,8 @@ class Totals:
         self.batch_size.add(dumped["batch_size"])
         for site, n in dumped.get("internal_errors", {}).items():
             _add(self.internal_errors, site, n)
+        for scope, n in dumped.get("rate_limited", {}).items():
+            _add(self.rate_limited, scope, n)
         if live:
             self.workers += 1
             self.connections += dumped["connections"]
@@ -270,6 +275,12 @@ class _Exposition(Collector):
         for site, n in sorted(t.internal_errors.items()):
             errors.add_metric([site], n)
         yield errors
+        limited = CounterMetricFamily("seckill_rate_limited",
+                                      "Purchases answered 429 by a rate limit (--rate-per-ip, --rate-per-user)",
+                                      labels=["scope"])
+        for scope, n in sorted(t.rate_limited.items()):
+            limited.add_metric([scope], n)
+        yield limited
         yield _histogram("seckill_request_duration_seconds",
                          "Purchase requests from parsed to answered (the sold-out gate's answers count as 0)",
                          t.latency, route="purchase")
