@@ -300,7 +300,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_app", "_clock", "_registry", "_limits", "_transport", "_parser", "_pending",
         "closing", "_reading_paused", "_writing_paused", "last_active", "started",
-        "_requests_left", "_unread_since", "_unclean", "_linger_since",
+        "_requests_left", "_unread_since", "_unclean", "_linger_since", "_peer",
     )
 
     def __init__(self, app: App, clock: Clock, registry: Registry, limits: Limits) -> None:
@@ -309,6 +309,7 @@ class HttpConnection(asyncio.Protocol):
         self._registry = registry
         self._limits = limits
         self._transport: asyncio.Transport | None = None
+        self._peer = "-"  # the peer's IP address, from connection_made
         self._parser = RequestParser()
         self._pending: deque[Slot] = deque()  # answers not written yet, in request order
         self.closing = False  # no more requests are read; close once answers are out
@@ -326,6 +327,8 @@ class HttpConnection(asyncio.Protocol):
         # uvloop's TCPTransport is not an asyncio.Transport subclass, but has its methods.
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")  # once: asking costs a system call
+        self._peer = str(peer[0]) if isinstance(peer, tuple) else "unix"
         self._registry.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -494,8 +497,7 @@ class HttpConnection(asyncio.Protocol):
     @property
     def peer_address(self) -> str:
         """The peer's IP address; "unix" over a unix socket."""
-        peer = self._transport.get_extra_info("peername") if self._transport is not None else None
-        return str(peer[0]) if isinstance(peer, tuple) else "unix"
+        return self._peer
 
     def expire(self, now: float) -> None:
         """Drop a client that stopped reading; close an idle one past its keep-alive time;

@@ -181,12 +181,16 @@ def result_line(when: float, item: str, user: str, result: str, order: str | Non
                        "order": order, "client": client}, separators=(",", ":"))
 
 
+MAX_KNOWN_ADDRESSES = 4096  # trust decisions memoised per worker (peers and forwarded hops)
+
+
 class ProxyTrust:
     """`--forwarded-allow-ips`: the peers whose X-Forwarded-For / X-Real-IP name the client."""
 
     def __init__(self, spec: str) -> None:
         self.everyone = False
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self._known: dict[str, bool] = {}  # address -> trusted: parsing one costs microseconds
         for part in filter(None, (p.strip() for p in spec.split(","))):
             if part == "*":
                 self.everyone = True
@@ -197,6 +201,15 @@ class ProxyTrust:
         """True for a plain address (see _plain_ip) in a trusted network; `*`: any plain
         address. An IPv4-mapped address (`::ffff:127.0.0.1`, an IPv4 peer of a dual-stack
         socket; Linux drops such sources from the wire) is also checked as its IPv4 one."""
+        known = self._known.get(address)
+        if known is not None:
+            return known
+        if len(self._known) >= MAX_KNOWN_ADDRESSES:  # (header values are the client's: bounded)
+            self._known.clear()
+        trusted = self._known[address] = self._trusts(address)
+        return trusted
+
+    def _trusts(self, address: str) -> bool:
         ip = _plain_ip(address)
         if ip is None:
             return False
