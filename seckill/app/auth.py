@@ -24,10 +24,10 @@ import jwt
 from seckill.config import Config
 from seckill.http.protocol import HttpError, Request
 
-# A token longer than this is refused before any parsing: a real one is a few hundred bytes.
-MAX_TOKEN = 4096
-# Verified tokens kept per worker (each a few hundred bytes: ~1-2 MB at the cap); when
-# full, expired entries are dropped, and if none were, the whole memo.
+# A token longer than this is refused before any parsing: a sale token is a few hundred bytes.
+MAX_TOKEN = 2048
+# Verified tokens kept per worker: ~3 MB for typical 300-byte tokens, 20 MB at worst;
+# when full, expired entries are dropped, and if none were, the whole memo.
 MAX_MEMO = 10_000
 DEFAULT_LEEWAY = 5.0  # seconds of clock skew allowed on exp and nbf (the memo honours it too)
 HMAC = ("HS256", "HS384", "HS512")

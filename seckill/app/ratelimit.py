@@ -8,8 +8,8 @@ round trip), so N workers admit up to N x the rate; nginx's `limit_req` in front
 host-wide bound (deploy/nginx.conf).
 
 Memory is bounded: at MAX_BUCKETS keys, the buckets that have refilled (idle keys, which
-would be created afresh exactly as they are) are dropped, and if that frees nothing, the
-oldest half goes: a flood of distinct addresses cannot grow memory past the cap (its
+would be created afresh exactly as they are) are dropped, and if that frees less than a
+quarter, the oldest go down to half the cap: a flood of distinct addresses cannot grow memory past the cap (its
 keys are then limited less exactly, never more).
 
 Past the limit: `429 {"result":"rate_limited"}` with `Retry-After` and the IETF fields
@@ -88,6 +88,8 @@ class Limiter:
         full = [k for k, (tokens, when) in buckets.items() if tokens + (now - when) * rate.per_second >= rate.burst]
         for key in full:
             del buckets[key]
-        if len(buckets) >= MAX_BUCKETS:  # nobody idle: the oldest half goes (dicts keep insertion order)
-            for key in list(buckets)[: len(buckets) // 2]:
+        if len(buckets) > MAX_BUCKETS * 3 // 4:
+            # Few were idle: the oldest go too (dicts keep insertion order), down to half the
+            # cap, so the next scan is at least MAX_BUCKETS / 2 new keys away (never one a request).
+            for key in list(buckets)[: len(buckets) - MAX_BUCKETS // 2]:
                 del buckets[key]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from seckill import __version__
@@ -62,28 +63,22 @@ def _redis_url(text: str) -> str:
     return text
 
 
-def _rotation(text: str) -> str:
-    try:
-        request_logs.parse_rotation(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+def _checked(check: Callable[[str], object], quote: bool = False) -> Callable[[str], str]:
+    """An argparse type: the text as given, once `check(text)` did not raise ValueError
+    (whose message becomes the one-line error)."""
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}" if quote else str(exc)) from None
+        return text
+
+    return parse
 
 
-def _proxies(text: str) -> str:
-    try:
-        request_logs.ProxyTrust(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-    return text
-
-
-def _rate(text: str) -> str:
-    try:
-        Rate.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+_rotation = _checked(request_logs.parse_rotation)
+_proxies = _checked(request_logs.ProxyTrust, quote=True)
+_rate = _checked(Rate.parse)
 
 
 def add_redis_flags(parser: argparse.ArgumentParser) -> None:

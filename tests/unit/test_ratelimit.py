@@ -53,3 +53,23 @@ def test_a_flood_of_distinct_keys_stays_under_the_cap(monkeypatch: pytest.Monkey
     # Idle buckets (refilled) are what goes first: a key that has waited is as new.
     limiter.take("busy", 10.0)
     assert limiter.take("busy", 10.0) > 0
+
+
+def test_a_flood_of_busy_keys_is_not_rescanned_every_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ratelimit, "MAX_BUCKETS", 1000)
+    # A new key every 1.1 ms, each refilled 1 s after it came: at each scan only the oldest
+    # ~10 % are idle (dropping just those would mean a scan every ~90 keys).
+    limiter = Limiter("ip", Rate(1.0, 2))
+    scans = 0
+    prune = Limiter._prune
+
+    def counted(self: Limiter, now: float) -> None:
+        nonlocal scans
+        scans += 1
+        prune(self, now)
+
+    monkeypatch.setattr(Limiter, "_prune", counted)
+    for i in range(10_000):
+        limiter.take(f"k{i}", i * 0.0011)
+        assert len(limiter) <= 1000
+    assert scans <= 10_000 // 500 + 1  # a scan per MAX_BUCKETS / 2 new keys at most
