@@ -56,3 +56,4 @@ class Config:
     jwt_audience: str | None = None
     jwt_leeway: float = 5.0
     jwt_user_claim: str = "sub"
+    auth_cookie: str | None = None  # with --auth jwt: a cookie that may carry the token

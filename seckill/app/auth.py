@@ -58,6 +58,7 @@ class JwtSettings:
     audience: str | None = None
     leeway: float = DEFAULT_LEEWAY
     user_claim: str = "sub"
+    cookie: bytes | None = None  # a cookie that may carry the token when no Authorization is sent
 
 
 def load_key(path: str | None, algorithm: str) -> str | bytes:
@@ -93,7 +94,8 @@ def verifier_for(config: Config) -> Verifier | None:
         return None
     return Verifier(JwtSettings(
         (config.jwt_algorithm,), load_key(config.jwt_key, config.jwt_algorithm), config.jwt_issuer,
-        config.jwt_audience, config.jwt_leeway, config.jwt_user_claim))
+        config.jwt_audience, config.jwt_leeway, config.jwt_user_claim,
+        None if config.auth_cookie is None else config.auth_cookie.encode()))
 
 
 class Verifier:
@@ -107,12 +109,15 @@ class Verifier:
     def buyer(self, request: Request) -> Buyer:
         """The request's verified buyer, or AuthError."""
         given = request.header(b"authorization")
-        if given is None:
-            raise AuthError("a bearer token is required (Authorization: Bearer ...)", "invalid_request")
-        scheme, _, token = given.partition(b" ")
-        token = token.strip()
-        if scheme.lower() != b"bearer" or not token:
-            raise AuthError("the Authorization header must be: Bearer <token>", "invalid_request")
+        if given is not None:
+            scheme, _, token = given.partition(b" ")
+            token = token.strip()
+            if scheme.lower() != b"bearer" or not token:
+                raise AuthError("the Authorization header must be: Bearer <token>", "invalid_request")
+        else:
+            token = self._from_cookie(request)
+            if not token:
+                raise AuthError("a bearer token is required (Authorization: Bearer ...)", "invalid_request")
         if len(token) > MAX_TOKEN:
             raise AuthError(f"the token is longer than {MAX_TOKEN} bytes")
         now = time.time()
@@ -129,6 +134,18 @@ class Verifier:
                 del memo[key]
         memo[token] = buyer
         return buyer
+
+    def _from_cookie(self, request: Request) -> bytes:
+        """The token in the --auth-cookie cookie (RFC 6265 5.4: `a=1; name=value`), or b""."""
+        name = self.settings.cookie
+        cookies = request.header(b"cookie") if name is not None else None
+        if not cookies:
+            return b""
+        for pair in cookies.split(b";"):
+            key, _, value = pair.strip(b" \t").partition(b"=")
+            if key == name:
+                return value.strip(b'"')
+        return b""
 
     def _verify(self, token: bytes) -> Buyer:
         s = self.settings

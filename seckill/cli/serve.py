@@ -198,4 +198,6 @@ def build_serve_parser() -> argparse.ArgumentParser:
                       metavar="SECONDS", help="clock skew allowed on exp and nbf")
     auth.add_argument("--jwt-user-claim", default=d.jwt_user_claim, metavar="CLAIM",
                       help="the claim that names the buyer")
+    auth.add_argument("--auth-cookie", default=None, metavar="NAME",
+                      help="also take the token from this cookie when no Authorization header is sent")
     return parser

@@ -238,3 +238,19 @@ def test_a_bad_auth_setting_is_one_line_and_exit_2(tmp_path: Path, monkeypatch, 
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2, done
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_with_auth_cookie_the_token_may_come_in_a_cookie(start_server, redis_client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SECKILL_JWT_SECRET", SECRET)
+    server = start_server("--auth", "jwt", "--auth-cookie", "sale_token")
+    create_sale(redis_client, "hat", 10)
+    good = token(sub="cora")
+    with Conn(server.port) as conn:
+        cookie = f"GET /seckill/hat HTTP/1.1\r\nHost: t\r\nCookie: theme=dark; sale_token={good}; x=1\r\n\r\n"
+        assert conn.request(cookie.encode()).json()["result"] == "won"
+        other = "GET /seckill/hat HTTP/1.1\r\nHost: t\r\nCookie: session=abc\r\n\r\n"
+        refused = conn.request(other.encode())
+        assert refused.status == 401 and 'error="invalid_request"' in refused.headers["www-authenticate"]
+        forged = f"GET /seckill/hat HTTP/1.1\r\nHost: t\r\nCookie: sale_token={token('x' * 40, sub='eve')}\r\n\r\n"
+        assert conn.request(forged.encode()).status == 401
+    assert [o["user"] for o in stream_orders(redis_client, "hat")] == ["cora"]
