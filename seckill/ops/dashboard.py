@@ -157,6 +157,7 @@ _JS = r"""
     put("workers", int(d.workers));
     put("connections", int(d.connections));
     put("requests-total", int(d.requests));
+    put("rate-limited", int(d.rate_limited));
     var res = d.results || {}, redis = d.redis || {};
     KEYS.concat(Object.keys(res).filter(function (k) { return KEYS.indexOf(k) < 0; })).forEach(function (k) {
       resultRow(k).textContent = int(num(res[k]));
@@ -328,7 +329,8 @@ _JS = r"""
 _BODY = """
 <header><h1>seckill dashboard</h1>
 <span class="mute">version <b id="version">-</b> &middot; workers <b id="workers">-</b> &middot;
-connections <b id="connections">-</b> &middot; requests <b id="requests-total">-</b></span>
+connections <b id="connections">-</b> &middot; requests <b id="requests-total">-</b> &middot;
+rate limited <b id="rate-limited">-</b></span>
 <span id="last-update" data-state="wait">connecting</span></header>
 <div id="error" hidden></div>
 <form id="token-form" hidden><label>Admin token <input id="token-input" type="password" autocomplete="off"
@@ -374,6 +376,7 @@ def data(totals: Totals, version: str, now: float, sales: list[dict[str, Any]] |
         "workers": totals.workers,
         "connections": totals.connections,
         "requests": sum(totals.requests.values()),
+        "rate_limited": sum(totals.rate_limited.values()),  # purchases answered 429
         "results": totals.results_by_label(),
         "redis": {"round_trips": sum(totals.round_trip.counts), "seconds": totals.round_trip.sum,
                   "requests": int(totals.batch_size.sum)},

@@ -15,10 +15,11 @@ def request(path: str, *headers: str) -> bytes:
 
 def test_a_burst_then_429_with_its_headers_and_nothing_sold_past_it(start_server, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
     create_sale(redis_client, "hat", 100)
-    server = start_server("--rate-per-ip", "0.1/s:3")
+    server = start_server("--rate-per-ip", "0.1/s:3", "--dashboard")
     with Conn(server.port) as conn:
         answers = [conn.request(request(f"/seckill/hat?user=u{i}")) for i in range(5)]
         metrics = conn.request(request("/metrics")).body.decode()
+        board = conn.request(request("/dashboard.json")).json()
     assert [a.status for a in answers] == [200, 200, 200, 429, 429]
     limited = answers[3]
     assert limited.json() == {"result": "rate_limited"}
@@ -27,6 +28,7 @@ def test_a_burst_then_429_with_its_headers_and_nothing_sold_past_it(start_server
     assert limited.headers["ratelimit"] == f'"ip";r=0;t={limited.headers["retry-after"]}'
     assert len(stream_orders(redis_client, "hat")) == 3
     assert 'seckill_rate_limited_total{scope="ip"} 2.0' in metrics
+    assert board["rate_limited"] == 2
 
 
 def test_an_untrusted_peer_cannot_change_its_address_with_a_header(start_server, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
