@@ -264,23 +264,14 @@ class _Exposition(Collector):
         for (item, result), n in sorted(t.results.items()):
             purchases.add_metric([item, result], n)
         yield purchases
-        gate = CounterMetricFamily("seckill_sold_out_gate_hits",
-                                   "Purchases answered sold out locally, without a Redis call", labels=["item"])
-        for item, n in sorted(t.gate_hits.items()):
-            gate.add_metric([item], n)
-        yield gate
-        errors = CounterMetricFamily("seckill_internal_errors",
-                                     "Unexpected exceptions, answered 500 (503 in a Redis call), by code site",
-                                     labels=["site"])
-        for site, n in sorted(t.internal_errors.items()):
-            errors.add_metric([site], n)
-        yield errors
-        limited = CounterMetricFamily("seckill_rate_limited",
-                                      "Purchases answered 429 by a rate limit (--rate-per-ip, --rate-per-user)",
-                                      labels=["scope"])
-        for scope, n in sorted(t.rate_limited.items()):
-            limited.add_metric([scope], n)
-        yield limited
+        yield _counter("seckill_sold_out_gate_hits", "Purchases answered sold out locally, without a Redis call",
+                       "item", t.gate_hits)
+        yield _counter("seckill_internal_errors",
+                       "Unexpected exceptions, answered 500 (503 in a Redis call), by code site", "site",
+                       t.internal_errors)
+        yield _counter("seckill_rate_limited",
+                       "Purchases answered 429 by a rate limit (--rate-per-ip, --rate-per-user)", "scope",
+                       t.rate_limited)
         yield _histogram("seckill_request_duration_seconds",
                          "Purchase requests from parsed to answered (the sold-out gate's answers count as 0)",
                          t.latency, route="purchase")
@@ -290,6 +281,14 @@ class _Exposition(Collector):
         yield GaugeMetricFamily("seckill_batches_in_flight", "Pipelines sent to Redis and not yet answered",
                                 value=t.in_flight)
         yield GaugeMetricFamily("seckill_open_connections", "Client connections open", value=t.connections)
+
+
+def _counter(name: str, doc: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
+    """A counter with one label, a sample per key."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, n in sorted(counts.items()):
+        family.add_metric([key], n)
+    return family
 
 
 def _histogram(name: str, doc: str, h: Histogram, **labels: str) -> HistogramMetricFamily:
