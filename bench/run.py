@@ -339,7 +339,7 @@ def benchmark(args: argparse.Namespace) -> int:
         )
         bench = Bench(args, pin, findings, work_dir, log_dir)
         bench.record_command(
-            f"redis: redis_runner.EmbeddedRedis(tmp, appendfsync='everysec'), then its threads "
+            f"redis: seckill.store.embedded.EmbeddedRedis(tmp, appendfsync='everysec'), then its threads "
             f"pinned to CPU {pin.redis or 'any'}",
             command_line([str(store.binary), "--port", str(store.port), "--bind", "127.0.0.1",
                           "--dir", str(store.data_dir), "--appendonly", "yes",

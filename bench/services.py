@@ -10,7 +10,7 @@ child it started, waits, and SIGKILLs that child's process group (it is the grou
 leader: gunicorn's and nginx's workers are in it) if anything lingers.
 
 CPU pinning is `taskset -c CPUS` in front of the command line, inherited by every worker
-a contender forks; Redis, which `redis_runner.EmbeddedRedis` starts for us, is pinned
+a contender forks; Redis, which `seckill.store.embedded.EmbeddedRedis` starts for us, is pinned
 after start with sched_setaffinity on each of its threads.
 """
 

@@ -4,7 +4,7 @@
     .venv/bin/python -m fuzz.fuzz_parser -max_total_time=600 [CORPUS_DIR]
                                                      # (from the repository's root)
 
-The invariant is the hypothesis tests' (tests/test_protocol_fuzz.py), with coverage
+The invariant is the hypothesis tests' (tests/unit/test_protocol_fuzz.py), with coverage
 feedback instead of random draws: any bytes either parse into requests or raise
 `HttpError`, never anything else, and splitting them anywhere changes nothing. A
 failure stops the run and leaves the input in a `crash-*` file to replay:

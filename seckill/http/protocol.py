@@ -4,7 +4,7 @@
 `next_request()`, which has three outcomes (as h11's readers do): a `Request`, `None`
 for "need more data", or a raised `HttpError` that carries the status to answer with.
 It imports no socket and no event loop, so the tests are plain function calls on bytes;
-`http_connection.py` is the asyncio side that drives it.
+`connection.py` beside it is the asyncio side that drives it.
 
 The parser is strict on purpose (RFC 9112): whatever could frame a message two ways
 (request smuggling) or hide in a lenient reading is rejected, and every rejection ends

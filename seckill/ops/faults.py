@@ -2,7 +2,7 @@
 raises something nobody planned for.
 
 The invariant this serves: every request that was read gets exactly one answer, or its
-connection is closed, within a bound. The HTTP side owns the answer (`http_connection`:
+connection is closed, within a bound. The HTTP side owns the answer (`seckill.http.connection`:
 a 500 and a close for the request, a deadline for every answer owed); this module owns
 the rest: the count (`seckill_internal_errors_total{site}`) and the log, rate-limited
 so that an error hit by every request of a sale cannot flood it: the first at a site

@@ -1,7 +1,7 @@
 """Making the Redis client and the batch pipe for a `--redis` URL.
 
 A plain URL (redis://, rediss://, unix://) gives one `redis.asyncio.Redis` and one
-`redis_pipe.OrderedPipe` per worker. A `redis+cluster://[:password@]host:port[,host:port]`
+`ordered_pipe.OrderedPipe` per worker. A `redis+cluster://[:password@]host:port[,host:port]`
 URL gives redis-py's asyncio `RedisCluster` (every host:port a startup node) and a pipe
 per cluster node (cluster_pipe.py).
 
