@@ -49,12 +49,11 @@ class PurchaseAnswers:
         self.responses = responses
         self.decided: Decision | None = None  # the last answer made without an order (app/logged.py)
 
-    def won(self, item: str, tag: bytes, seq: int, until: int, mode: int) -> bytes:
-        if until:  # a hold: pending until confirmed or its deadline
-            body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d,"state":"pending","hold_until":"%s"}' % (
-                item.encode(), tag, seq, seq, (iso(until) or "").encode())
-        else:
-            body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d}' % (item.encode(), tag, seq, seq)
+    def held(self, item: str, tag: bytes, seq: int, until: int, mode: int) -> bytes:
+        """A win held until confirmed or `until` (ms since the epoch). (A plain win's answer
+        is built in Purchase.finish itself: a call less per win.)"""
+        body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d,"state":"pending","hold_until":"%s"}' % (
+            item.encode(), tag, seq, seq, (iso(until) or "").encode())
         return self.responses.build(200, body, mode)
 
     def not_started(self, item: str, starts_in: float, mode: int) -> bytes:
@@ -96,11 +95,11 @@ class Purchase(Slot):
         self.mode = mode
 
     def finish(self, outcome: Outcome, tag: bytes, value: int, until: int = 0) -> None:
-        if outcome == outcomes.WON:  # (built here, not in answers.won(): a call less per win)
+        if outcome == outcomes.WON:
             body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d}' % (self.item.encode(), tag, value, value)
             self.set(self.answers.responses.build(200, body, self.mode))
         elif outcome == outcomes.HELD:
-            self.set(self.answers.won(self.item, tag, value, until, self.mode))
+            self.set(self.answers.held(self.item, tag, value, until, self.mode))
         elif outcome == outcomes.NOT_STARTED:
             self.set(self.answers.not_started(self.item, value / 1000, self.mode))
         else:

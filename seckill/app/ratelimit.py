@@ -54,11 +54,11 @@ class Limiter:
     def __init__(self, scope: str, rate: Rate) -> None:
         self.scope = scope
         self.rate = rate
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
+        self._buckets: dict[str | bytes, tuple[float, float]] = {}  # key -> (tokens, when)
         window = rate.burst / rate.per_second
         self.policy = b'RateLimit-Policy: "%s";q=%d;w=%d\r\n' % (scope.encode(), rate.burst, math.ceil(window))
 
-    def take(self, key: str, now: float) -> float:
+    def take(self, key: str | bytes, now: float) -> float:
         buckets = self._buckets
         rate = self.rate
         held = buckets.get(key)

@@ -250,7 +250,7 @@ class SeckillApp:
         else:
             user = self._buyer(request, item)
         if self.user_limit is not None and user:
-            wait = self.user_limit.take(user.decode(), _monotonic())
+            wait = self.user_limit.take(user, _monotonic())  # (bytes: no decode per request)
             if wait:
                 return self._rate_limited(self.user_limit, wait, mode)
         purchase = self._purchase_class(self.purchase_answers, conn, item, mode)
