@@ -49,6 +49,7 @@ class Config:
     forwarded_allow_ips: str = "127.0.0.1"
     rate_per_ip: str | None = None  # RATE[/s][:BURST] purchases per client address (app/ratelimit.py)
     rate_per_user: str | None = None  # the same per buyer
+    idempotency_ttl: int = 24 * 3600  # seconds a keyed purchase's win answers its retries (app/idempotency.py)
     auth: str | None = None  # "jwt": the buyer is a verified token's subject (app/auth.py)
     jwt_algorithm: str = "HS256"
     jwt_key: str | None = None  # HS*: a secret file (else $SECKILL_JWT_SECRET); others: a PEM public key

@@ -20,6 +20,11 @@ then Redis is asked again (a restock, a new start or end time shows up): SOLD_OU
 a call reports nothing left, ENDED once the sale has ended, NOT_STARTED before the
 start Redis gave (and never from START_MARGIN before it, so a started sale is never
 answered NOT_STARTED). A gate never turns an answer into WON.
+
+Purchases with an Idempotency-Key (app/idempotency.py) queue apart and go as keyed script
+calls in the same pipeline (their own batch ids): the unkeyed ones pay nothing for them.
+They pass no gate (a retry of a win must find its record, whatever the stock is now), and
+while one is unanswered, the same buyer's same key is refused at once (KEY_IN_FLIGHT).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,14 +45,24 @@ from seckill.ops.faults import inject
 from seckill.sales.outcomes import (
     ENDED,
     HELD,
+    KEY_IN_FLIGHT,
     NOT_STARTED,
+    REPLAYED,
     SOLD_OUT,
     UNAVAILABLE,
     UNKNOWN_ITEM,
     WON,
     Outcome,
 )
-from seckill.sales.sale_store import ADMIT_LETTERS, ADMIT_LUA, admit_keys, admit_reply_ok
+from seckill.sales.sale_store import (
+    ADMIT_LETTERS,
+    ADMIT_LUA,
+    KEYED_LETTERS,
+    admit_keys,
+    admit_reply_ok,
+    idempotency_keys,
+    keyed_reply_ok,
+)
 from seckill.store.client import BatchPipe
 from seckill.throttle import Throttle
 
@@ -86,6 +101,14 @@ class Waiter(Protocol):
         """Answering raised `exc`: a 500, unless the purchase was answered already."""
 
 
+# How long a keyed purchase's win is remembered for its retries (seconds): a day, as
+# Stripe keeps idempotency keys; --idempotency-ttl.
+DEFAULT_IDEMPOTENCY_TTL = 24 * 3600
+
+# One script call's requests: (user, waiter) pairs in arrival order, and for a keyed call
+# the requests' Idempotency-Keys (None: not keyed).
+Call = tuple[str, str, Sequence[tuple[bytes, "Waiter"]], Sequence[str] | None]
+
 # A gate: until when (time.monotonic()), the outcome it answers, and for NOT_STARTED the
 # earliest the sale can start (time.monotonic()).
 Gate = tuple[float, Outcome, float]
@@ -104,6 +127,8 @@ class Batcher:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         stats: WorkerStats | None = None,
         faults: Faults | None = None,
+        idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
+        claims: bool = True,
     ) -> None:
         self._redis = redis
         self._pipe = pipe
@@ -113,6 +138,11 @@ class Batcher:
         self._max_batch = max_batch
         self._max_waiting = max_waiting
         self._queues: dict[str, list[tuple[bytes, Waiter]]] = {}
+        # Keyed purchases per item: (user, waiter) pairs and their keys, side by side.
+        self._keyed: dict[str, tuple[list[tuple[bytes, Waiter]], list[str]]] = {}
+        self._keys_in_flight: set[tuple[bytes, str]] = set()  # (user, key) queued or sent
+        self._idempotency_ttl = str(idempotency_ttl)
+        self._claims = claims  # a plain Redis: a key's claim outside the sale (not on a cluster)
         self._waiting = 0
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -156,6 +186,30 @@ class Batcher:
             asyncio.get_running_loop().call_soon(self._send)
         return True
 
+    def submit_keyed(self, item: str, user: bytes, key: str, waiter: Waiter) -> Outcome | None:
+        """Queue a purchase with an Idempotency-Key: None if queued, else the outcome to
+        answer at once (KEY_IN_FLIGHT: this buyer's same key is not answered yet;
+        UNAVAILABLE: the queue is full)."""
+        mark = (user, key)
+        if mark in self._keys_in_flight:
+            return KEY_IN_FLIGHT
+        waiting = self._waiting
+        if not waiting:
+            self._first_at = time.monotonic()
+        elif waiting >= self._max_waiting:
+            return UNAVAILABLE
+        queue = self._keyed.get(item)
+        if queue is None:
+            queue = self._keyed[item] = ([], [])
+        queue[0].append((user, waiter))
+        queue[1].append(key)
+        self._keys_in_flight.add(mark)
+        self._waiting += 1
+        if not self._scheduled and len(self._in_flight) < self._max_in_flight:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._send)
+        return None
+
     @property
     def in_flight(self) -> int:
         """Pipelines sent to Redis and not yet answered (a metrics gauge)."""
@@ -177,21 +231,34 @@ class Batcher:
 
     def _send(self) -> None:
         self._scheduled = False
-        if not self._queues or len(self._in_flight) >= self._max_in_flight:
+        if not (self._queues or self._keyed) or len(self._in_flight) >= self._max_in_flight:
             return
         queues, self._queues = self._queues, {}
+        keyed, self._keyed = self._keyed, {}
         self._waiting = 0
         deadline = self._first_at + self._timeout
-        task = asyncio.get_running_loop().create_task(self._round_trip(queues, deadline))
+        task = asyncio.get_running_loop().create_task(self._round_trip(queues, keyed, deadline))
         self._in_flight.add(task)
 
-    async def _round_trip(self, queues: dict[str, list[tuple[bytes, Waiter]]], deadline: float) -> None:
-        calls: list[tuple[str, str, Sequence[tuple[bytes, Waiter]]]] = []
+    def _calls(self, queues: dict[str, list[tuple[bytes, Waiter]]],
+               keyed: dict[str, tuple[list[tuple[bytes, Waiter]], list[str]]]) -> list[Call]:
+        """The script calls of one pipeline: each item's queue in slices of max_batch."""
+        calls: list[Call] = []
         step = self._max_batch
         for item, queue in queues.items():
             for start in range(0, len(queue), step):
                 self._next_id += 1
-                calls.append((item, f"{self._id_prefix}{self._next_id:x}", queue[start : start + step]))
+                calls.append((item, f"{self._id_prefix}{self._next_id:x}", queue[start : start + step], None))
+        for item, (queue, keys) in keyed.items():
+            for start in range(0, len(queue), step):
+                self._next_id += 1
+                calls.append((item, f"{self._id_prefix}{self._next_id:x}", queue[start : start + step],
+                              keys[start : start + step]))
+        return calls
+
+    async def _round_trip(self, queues: dict[str, list[tuple[bytes, Waiter]]],
+                          keyed: dict[str, tuple[list[tuple[bytes, Waiter]], list[str]]], deadline: float) -> None:
+        calls = self._calls(queues, keyed)
         sent = time.monotonic()
         try:
             if sent >= deadline:  # queued behind batches in flight for the whole timeout
@@ -210,16 +277,25 @@ class Batcher:
             stats = self._stats
             if stats is not None:
                 stats.round_trip.observe(now - sent)
-                for _, _, requests in calls:
+                for _, _, requests, _ in calls:
                     stats.batch_size.observe(len(requests))
                     stats.latency.observe_waits(now, requests)
-            for (item, _, requests), reply in zip(calls, replies, strict=True):
-                self._answer(item, requests, reply, now, sent)
+            for (item, _, requests, keys), reply in zip(calls, replies, strict=True):
+                if keys is None:
+                    self._answer(item, requests, reply, now, sent)
+                else:
+                    self._answer_keyed(item, requests, reply, now, sent)
         except Exception as exc:  # a bug of ours: whoever is still waiting gets a 500
-            for _, _, requests in calls:
+            for _, _, requests, _ in calls:
                 for _, waiter in requests:
                     waiter.fail("batch", exc)
-        if self._queues and not self._scheduled:
+        finally:
+            if keyed:  # answered (or failed): the same keys may be sent again
+                for _, _, requests, keys in calls:
+                    if keys is not None:
+                        self._keys_in_flight.difference_update(
+                            zip([user for user, _ in requests], keys, strict=True))
+        if (self._queues or self._keyed) and not self._scheduled:
             self._send()
 
     def _warn(self, exc: BaseException, what: str = "Redis round trip(s) failed") -> None:
@@ -228,7 +304,7 @@ class Batcher:
         if failures:
             log.warning("%d %s, answered 503; last: %s: %s", failures, what, type(exc).__name__, exc)
 
-    async def _call(self, calls: list[tuple[str, str, Sequence[tuple[bytes, Waiter]]]]) -> list[object]:
+    async def _call(self, calls: list[Call]) -> list[object]:
         inject("redis")
         try:
             replies = await self._pipeline(calls)
@@ -248,11 +324,20 @@ class Batcher:
                 replies[i] = reply
         return replies
 
-    async def _pipeline(self, calls: list[tuple[str, str, Sequence[tuple[bytes, Waiter]]]]) -> list[object]:
+    async def _pipeline(self, calls: list[Call]) -> list[object]:
         return await self._pipe.execute([
             ("EVALSHA", ADMIT_SHA, 7, *admit_keys(item, batch_id), batch_id, *[user for user, _ in requests])
-            for item, batch_id, requests in calls
+            if keys is None else self._keyed_command(item, batch_id, requests, keys)
+            for item, batch_id, requests, keys in calls
         ])
+
+    def _keyed_command(self, item: str, batch_id: str, requests: Sequence[tuple[bytes, Waiter]],
+                       keys: Sequence[str]) -> tuple[Any, ...]:
+        pairs = [idempotency_keys(item, key, claim=self._claims) for key in keys]
+        records = [pair[0] for pair in pairs]
+        claims = [pair[1] for pair in pairs] if self._claims else []
+        return ("EVALSHA", ADMIT_SHA, 7 + len(records) + len(claims), *admit_keys(item, batch_id), *records,
+                *claims, batch_id, self._idempotency_ttl, *[user for user, _ in requests])
 
     def _answer(
         self, item: str, requests: Sequence[tuple[bytes, Waiter]], reply: object, now: float, sent: float
@@ -277,14 +362,7 @@ class Batcher:
             return
         granted, remaining, seq = int(reply[0]), int(reply[1]), int(reply[2])
         tag, outcomes = reply[3], reply[4]
-        gate_until = now + self._gate_interval
-        if remaining == 0:  # -1: the sale is not open, nobody looked at the stock
-            self.gates[item] = (gate_until, SOLD_OUT, 0.0)
-        elif outcomes == b"N":
-            starts = sent + int(reply[5]) / 1000  # the earliest it can start
-            self.gates[item] = (min(gate_until, starts - START_MARGIN), NOT_STARTED, starts)
-        elif outcomes == b"E":
-            self.gates[item] = (gate_until, ENDED, 0.0)
+        self._gate(item, remaining, outcomes, reply[5] if outcomes == b"N" else b"", now, sent)
         won, until = WON, 0
         if len(reply) == 6 and outcomes != b"N":
             won, until = HELD, int(reply[5])
@@ -313,6 +391,50 @@ class Batcher:
                 else:
                     waiter.finish(outcome, b"", 0)
 
+
+    def _gate(self, item: str, remaining: int, outcomes: bytes, starts_in: bytes, now: float, sent: float) -> None:
+        """Gate the item on what a reply said: nothing left, not started (in `starts_in`
+        ms), or ended. (Remaining -1: the sale is not open, nobody looked at the stock.)"""
+        gate_until = now + self._gate_interval
+        if remaining == 0:
+            self.gates[item] = (gate_until, SOLD_OUT, 0.0)
+        elif outcomes == b"N":
+            starts = sent + int(starts_in) / 1000  # the earliest it can start
+            self.gates[item] = (min(gate_until, starts - START_MARGIN), NOT_STARTED, starts)
+        elif outcomes == b"E":
+            self.gates[item] = (gate_until, ENDED, 0.0)
+
+    def _answer_keyed(
+        self, item: str, requests: Sequence[tuple[bytes, Waiter]], reply: object, now: float, sent: float
+    ) -> None:
+        """Answer a keyed call (sale_store.ADMIT_LUA): one letter per request."""
+        if reply == [] or not keyed_reply_ok(reply, len(requests)):
+            # No such sale ({}), a failure, or a shape no keyed call gives: answered as any call's.
+            if not (reply == [] or isinstance(reply, BaseException)):
+                reply = ResponseError(f"a keyed call replied {reply!r}")
+            self._answer(item, requests, reply, now, sent)
+            return
+        letters, tag, hold, starts_in = reply[4], reply[3], reply[5], reply[6]
+        self._gate(item, int(reply[1]), b"N" if starts_in else b"E" if b"E" in letters else b"",
+                   starts_in, now, sent)
+        won, until = (HELD, int(hold)) if hold else (WON, 0)
+        seq = int(reply[2])
+        replays = iter(reply[7:])
+        if self._stats is not None:
+            self._stats.saw_sale(item)
+        for (_, waiter), letter in zip(requests, letters, strict=True):
+            outcome = KEYED_LETTERS[letter]
+            if outcome == WON:
+                self._count(item, won, 1)
+                waiter.finish(won, tag, seq, until)
+                seq += 1
+            elif outcome == REPLAYED:
+                first, _, held = next(replays).partition(b" ")
+                self._count(item, REPLAYED, 1)
+                waiter.finish(REPLAYED, tag, int(first), int(held or 0))
+            else:
+                self._count(item, outcome, 1)
+                waiter.finish(outcome, b"", int(starts_in) if outcome == NOT_STARTED else 0)
 
     def _count(self, item: str, outcome: Outcome, count: int) -> None:
         if self._stats is not None:

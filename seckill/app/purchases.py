@@ -22,12 +22,13 @@ from seckill.sales.outcomes import ANSWERS, Outcome
 from seckill.sales.sale_store import iso
 
 RETRY_AFTER = b"Retry-After: 1\r\n"
+REPLAYED = b"Idempotent-Replayed: true\r\n"  # (as Stripe's API marks a replayed answer)
 UNAVAILABLE_BODY = json_body({"result": "unavailable"})
 
-# Status and result of each outcome with a fixed answer (WON, HELD, NOT_STARTED and
-# UNAVAILABLE are built where they are answered).
+# Status and result of each outcome with a fixed answer (WON, HELD, REPLAYED, NOT_STARTED
+# and UNAVAILABLE are built where they are answered).
 _FIXED = {o: (status, word.encode()) for o, (status, word) in ANSWERS.items()
-          if o not in (outcomes.WON, outcomes.HELD, outcomes.NOT_STARTED, outcomes.UNAVAILABLE)}
+          if o not in (outcomes.WON, outcomes.HELD, outcomes.REPLAYED, outcomes.NOT_STARTED, outcomes.UNAVAILABLE)}
 
 # A decision, for the result log: the outcome, the item, and the order id when won.
 Decision = tuple[Outcome, str, str | None]
@@ -49,12 +50,19 @@ class PurchaseAnswers:
         self.responses = responses
         self.decided: Decision | None = None  # the last answer made without an order (app/logged.py)
 
-    def held(self, item: str, tag: bytes, seq: int, until: int, mode: int) -> bytes:
+    def held(self, item: str, tag: bytes, seq: int, until: int, mode: int, extra: bytes = b"") -> bytes:
         """A win held until confirmed or `until` (ms since the epoch). (A plain win's answer
         is built in Purchase.finish itself: a call less per win.)"""
         body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d,"state":"pending","hold_until":"%s"}' % (
             item.encode(), tag, seq, seq, (iso(until) or "").encode())
-        return self.responses.build(200, body, mode)
+        return self.responses.build(200, body, mode, extra)
+
+    def replayed(self, item: str, tag: bytes, seq: int, until: int, mode: int) -> bytes:
+        """A keyed purchase's win again, for its retry: the same body, marked as a replay."""
+        if until:
+            return self.held(item, tag, seq, until, mode, REPLAYED)
+        body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d}' % (item.encode(), tag, seq, seq)
+        return self.responses.build(200, body, mode, REPLAYED)
 
     def not_started(self, item: str, starts_in: float, mode: int) -> bytes:
         self.decided = (outcomes.NOT_STARTED, item, None)
@@ -102,6 +110,8 @@ class Purchase(Slot):
             self.set(self.answers.held(self.item, tag, value, until, self.mode))
         elif outcome == outcomes.NOT_STARTED:
             self.set(self.answers.not_started(self.item, value / 1000, self.mode))
+        elif outcome == outcomes.REPLAYED:
+            self.set(self.answers.replayed(self.item, tag, value, until, self.mode))
         else:
             self.set(self.answers.refused(self.item, outcome, self.mode))
 
@@ -161,7 +171,7 @@ class ReportingPurchase(Purchase):
         self.reporter, self.request = reporter, request
 
     def finish(self, outcome: Outcome, tag: bytes, value: int, until: int = 0) -> None:
-        won = outcome == outcomes.WON or outcome == outcomes.HELD
+        won = outcome == outcomes.WON or outcome == outcomes.HELD or outcome == outcomes.REPLAYED
         self.decision = (outcome, self.item, f"{tag.decode()}-{value}" if won else None)
         super().finish(outcome, tag, value, until)
 

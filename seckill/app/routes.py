@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from seckill import __version__
 from seckill.admission import batcher as batching
-from seckill.app import auth
+from seckill.app import auth, idempotency
 from seckill.app.admin_api import AdminApi
 from seckill.app.purchases import (
     RETRY_AFTER,
@@ -229,6 +229,8 @@ class SeckillApp:
             wait = self.ip_limit.take(client, _monotonic())
             if wait:
                 return self._rate_limited(self.ip_limit, wait, mode)
+        if request.idempotency_key is not None:  # no gate: a retry of a win must reach its record
+            return self._keyed_purchase(request, conn, item, mode)
         batcher = self.batcher
         gate = batcher.gates.get(item)  # (batcher.gate() inlined: this is every request)
         if gate is not None and _monotonic() < gate[0]:
@@ -258,6 +260,26 @@ class SeckillApp:
             if self.stats is not None:
                 self.stats.count_results(item, outcomes.UNAVAILABLE, 1)
             return self.purchase_answers.refused(item, outcomes.UNAVAILABLE, mode)
+        return purchase
+
+    def _keyed_purchase(self, request: Request, conn: HttpConnection, item: str, mode: int) -> bytes | Slot:
+        """A purchase with an Idempotency-Key (app/idempotency.py)."""
+        assert request.idempotency_key is not None
+        key = idempotency.parse_key(request.idempotency_key)
+        if self.verifier is None:
+            user = request_user(request) if request.query or request.body else b""
+        else:
+            user = self._buyer(request, item)
+        if self.user_limit is not None and user:
+            wait = self.user_limit.take(user, _monotonic())
+            if wait:
+                return self._rate_limited(self.user_limit, wait, mode)
+        purchase = self._purchase_class(self.purchase_answers, conn, item, mode)
+        refusal = self.batcher.submit_keyed(item, user, key, purchase)
+        if refusal is not None:
+            if self.stats is not None:
+                self.stats.count_results(item, refusal, 1)
+            return self.purchase_answers.refused(item, refusal, mode)
         return purchase
 
     def _order_lookup(self, request: Request, conn: HttpConnection, raw_item: bytes, mode: int) -> bytes | Slot:

@@ -182,6 +182,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
                         "once, RATE a second after; past it 429. Per worker (default: off)")
     parser.add_argument("--rate-per-user", type=_rate, default=None, metavar="RATE[/s][:BURST]",
                         help="the same per buyer (the token's subject with --auth jwt) (default: off)")
+    parser.add_argument("--idempotency-ttl", type=bounded(int, 1, 30 * 24 * 3600), default=d.idempotency_ttl,
+                        metavar="SECONDS", help="how long a purchase with an Idempotency-Key that won answers "
+                        "its retries with the same win (default: a day)")
     auth = parser.add_argument_group("buyers (README: Signed buyers)")
     auth.add_argument("--auth", choices=["jwt"], default=None,
                       help="jwt: a purchase needs Authorization: Bearer <JWT>, and its buyer is the token's "

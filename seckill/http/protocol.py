@@ -71,7 +71,7 @@ class Request:
     """One complete request. Header names are lower-cased; values are bytes as sent.
     Identical bodyless requests share one object (see _BODYLESS): treat it as read-only."""
 
-    __slots__ = ("method", "target", "path", "query", "http10", "keep_alive", "headers", "body")
+    __slots__ = ("method", "target", "path", "query", "http10", "keep_alive", "headers", "body", "idempotency_key")
 
     def __init__(
         self,
@@ -83,6 +83,7 @@ class Request:
         keep_alive: bool,
         headers: tuple[tuple[bytes, bytes], ...],
         body: bytes,
+        idempotency_key: bytes | None = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -92,6 +93,9 @@ class Request:
         self.keep_alive = keep_alive
         self.headers = headers
         self.body = body
+        # The Idempotency-Key field as sent (fields joined by ", "), None without one: noted
+        # once per header block, so a purchase without it pays one attribute read.
+        self.idempotency_key = idempotency_key
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -276,10 +280,12 @@ MAX_CACHED_HEADER_BLOCKS = 512  # x MAX_HEAD bounds the memory: 8 MiB at worst
 
 
 class _HeaderBlock:
-    __slots__ = ("headers", "length", "codings", "hosts", "connection", "expects_continue")
+    __slots__ = ("headers", "length", "codings", "hosts", "connection", "expects_continue", "idempotency_key")
 
     def __init__(self, headers: tuple[tuple[bytes, bytes], ...], length: int, codings: list[bytes] | None,
-                 hosts: int, connection: frozenset[bytes], expects_continue: bool) -> None:
+                 hosts: int, connection: frozenset[bytes], expects_continue: bool,
+                 idempotency_key: bytes | None = None) -> None:
+        self.idempotency_key = idempotency_key
         self.expects_continue = expects_continue
         self.headers = headers
         self.length = length  # -1: no Content-Length
@@ -368,7 +374,7 @@ def _parse_head(head: bytes) -> tuple[Request, int, bool]:
     else:
         raise HttpError(400, "malformed request target")
     return (
-        Request(method, target, path, query, http10, keep_alive, block.headers, b""),
+        Request(method, target, path, query, http10, keep_alive, block.headers, b"", block.idempotency_key),
         max(length, 0),
         block.expects_continue and not http10,  # RFC 9110 10.1.1: 1.0 clients get no 100
     )
@@ -384,6 +390,7 @@ def _parse_header_block(block: bytes) -> _HeaderBlock:
     hosts = 0
     connection: list[bytes] = []
     expects_continue = False
+    idempotency_key: bytes | None = None
     header_line = _HEADER_LINE.fullmatch
     for raw in lines:
         m = header_line(raw)
@@ -414,7 +421,9 @@ def _parse_header_block(block: bytes) -> _HeaderBlock:
             if value.lower() != b"100-continue":
                 raise HttpError(417, "only Expect: 100-continue is supported")
             expects_continue = True
+        elif name == b"idempotency-key":  # several fields are one list, which no key is
+            idempotency_key = value if idempotency_key is None else idempotency_key + b", " + value
         elif name in _FRAMING_LOOKALIKES:
             raise HttpError(400, "underscore in a framing header name")
     return _HeaderBlock(tuple(headers), length, codings, hosts,
-                        frozenset(connection) if connection else _NO_TOKENS, expects_continue)
+                        frozenset(connection) if connection else _NO_TOKENS, expects_continue, idempotency_key)

@@ -20,7 +20,7 @@ from seckill.exits import EXIT_FORCED
 from seckill.http.connection import ANSWER_MARGIN, App, Clock, HttpConnection, Limits, Listener, Registry
 from seckill.ops import faults, metrics
 from seckill.sales import order_book
-from seckill.store.client import make_pipe, make_redis
+from seckill.store.client import is_cluster, make_pipe, make_redis
 from seckill.store.reads import ReadBatcher
 
 log = logging.getLogger("seckill")
@@ -55,6 +55,7 @@ async def serve(config: Config, wiring: Wiring, abort: Callable[[], None] | None
         redis, make_pipe(redis), timeout=config.redis_timeout, gate_interval=config.gate_interval,
         max_batch=config.max_batch, max_waiting=config.max_waiting,
         max_in_flight=config.max_in_flight, stats=stats, faults=errors,
+        idempotency_ttl=config.idempotency_ttl, claims=not is_cluster(redis),
     )
     clock = Clock(loop.time())
     limits = Limits(

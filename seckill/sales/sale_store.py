@@ -109,6 +109,13 @@ def admit_keys(item: str, batch_id: str) -> tuple[str, ...]:
     return (*sale_keys(item), batch_key(item, batch_id))
 
 
+def idempotency_keys(item: str, key: str, *, claim: bool) -> tuple[str, ...]:
+    """A keyed purchase's record (in the sale's slot) [and its claim, outside every sale:
+    plain Redis only] (ADMIT_LUA's keyed call)."""
+    record = f"{sale_key(item)}:idem:{key}"
+    return (record, f"{KEY_PREFIX}idem:{key}") if claim else (record,)
+
+
 def valid_item(item: str) -> bool:
     return ITEM_RE.fullmatch(item) is not None
 
@@ -223,89 +230,175 @@ end
 # not stored: a resent one simply runs again (the first run granted nothing to repeat),
 # and a sale that has not started yet costs Redis no key per purchase. Time is Redis
 # server time, so every worker and host agrees on when a sale starts.
+#
+# A keyed call (purchases with an Idempotency-Key, app/idempotency.py) has more KEYS: after
+# the seven, one record per request (idempotency_keys()), then on a plain Redis one claim
+# per request (outside the sale's slot, so not on a cluster). ARGV: batch id, the records'
+# ttl in seconds, then the users. A request whose record holds a win of this buyer is
+# replayed (nothing changes); a record or claim of another buyer or sale refuses it; the
+# others are admitted as above, and each win writes its record (and claim) in the same
+# call. Only wins are recorded: a request that won nothing changed nothing, so its retry
+# is simply decided again, and the records are bounded by the stock. Reply: {granted,
+# remaining, first seq, tag, letters, hold_until or '', ms until the start or '', then
+# one "seq[ hold_until]" per R}, with one letter per request: W S A U as above, N not
+# started, E ended, R replayed, C the key is another buyer's or sale's, I the same key
+# earlier in this call.
 ADMIT_LUA = LUA_HELPERS + r"""
+-- The admission of the users args[from..] (arrival order) to sale `sale` (its HMGET) at
+-- `now`: the reply described above. Writes the wins; the caller stores the reply.
+local function admit(sale, now, args, from)
+  local starts, ends = tonumber(sale[6]), tonumber(sale[7])
+  local reply
+  if starts and now < starts then
+    reply = {'0', '-1', '0', sale[4], 'N', fmt(starts - now)}
+  elseif ends and now >= ends then
+    reply = {'0', '-1', '0', sale[4], 'E'}
+  else
+    local stock, sold, seq = tonumber(sale[1]), tonumber(sale[2]), tonumber(sale[3])
+    local per_user = tonumber(sale[5]) or 0
+    local remaining = stock - sold
+    local winners, outcomes, lists = {}, '', nil
+    if per_user == 0 then
+      for i = 1, math.min(#args - from + 1, remaining) do winners[i] = args[i + from - 1] end
+      lists = lists_of(winners)  -- (a user's lookup reads them)
+    else
+      local users = args
+      if from > 1 then  -- (no unpack: Lua's stack holds ~8000 values, a batch may hold more)
+        users = {}
+        for i = from, #args do users[i - from + 1] = args[i] end
+      end
+      lists = lists_of(users)
+      local codes, owned = {}, {}
+      for user, list in pairs(lists) do owned[user] = length(list) end
+      for i, user in ipairs(users) do
+        if user == '' then
+          codes[i] = 'U'
+        elseif owned[user] >= per_user then
+          codes[i] = 'A'
+        elseif #winners >= remaining then
+          codes[i] = 'S'
+        else
+          codes[i] = 'W'
+          winners[#winners + 1] = user
+          owned[user] = owned[user] + 1
+        end
+      end
+      outcomes = table.concat(codes)
+    end
+    local granted = #winners
+    reply = {fmt(granted), fmt(remaining - granted), fmt(seq + 1), sale[4], outcomes}
+    if granted > 0 then
+      local hold = tonumber(sale[8]) or 0
+      local fields = {'event', 'won', 'first', fmt(seq + 1), 'count', fmt(granted), 'tag', sale[4],
+                      'users', table.concat(winners, '\n'), 'batch', ARGV[1], 'ts', fmt(now)}
+      if hold > 0 then
+        reply[6] = fmt(now + hold * 1000)
+        fields[#fields + 1] = 'hold_until'
+        fields[#fields + 1] = reply[6]
+      end
+      local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+      redis.call('ZADD', KEYS[4], seq + 1, id)
+      if hold > 0 then
+        redis.call('ZADD', KEYS[6], reply[6], id)
+        redis.call('HINCRBY', KEYS[1], 'pending', granted)
+      end
+      redis.call('HINCRBY', KEYS[1], 'sold', granted)
+      redis.call('HINCRBY', KEYS[1], 'seq', granted)
+      -- The named winners' live lists, one HSET per 500 winners (a user twice: the last
+      -- value given wins, and it is the whole list).
+      local changes = {}
+      for i, user in ipairs(winners) do
+        local list = lists[user]
+        if list == '' then
+          list = fmt(seq + i)
+        elseif list and (per_user > 0 or length(list) < MAX_PER_USER) then
+          list = list .. ' ' .. fmt(seq + i)
+        end
+        if list then
+          lists[user] = list
+          changes[#changes + 1] = user
+          changes[#changes + 1] = list
+        end
+      end
+      for first = 1, #changes, 1000 do
+        redis.call('HSET', KEYS[3], unpack(changes, first, math.min(first + 999, #changes)))
+      end
+    end
+  end
+  return reply
+end
+
+-- A keyed call (idempotency.py): ARGV is batch id, ttl (s), then the users; KEYS[7 + i]
+-- is request i's record, KEYS[7 + n + i] its claim (plain Redis only). A record is
+-- "tag\nseq\nhold_until\nuser", written for a win only.
+local function admit_keyed(sale, now)
+  local n = #ARGV - 2
+  local claims = #KEYS == 7 + 2 * n
+  local tag = sale[4]
+  local letters, replays, fresh, users, seen = {}, {}, {}, {}, {}
+  for i = 1, n do
+    local user, record = ARGV[i + 2], KEYS[7 + i]
+    if seen[record] then
+      letters[i] = 'I'  -- the same key twice in one call: the first is still in flight
+    else
+      seen[record] = true
+      local stored = redis.call('GET', record)
+      local at, seq, hold, owner
+      if stored then at, seq, hold, owner = string.match(stored, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$') end
+      local claim = claims and redis.call('GET', KEYS[7 + n + i])
+      if at == tag then  -- (a record of an earlier sale of this name is stale)
+        if owner == user then
+          letters[i] = 'R'
+          replays[#replays + 1] = hold == '' and seq or (seq .. ' ' .. hold)
+        else
+          letters[i] = 'C'
+        end
+      elseif claim and string.sub(claim, 1, #KEYS[1] + 1) ~= KEYS[1] .. '\n' then
+        letters[i] = 'C'  -- the key won in another sale (in this one, the record decides)
+      else
+        fresh[#fresh + 1] = i
+        users[#users + 1] = user
+      end
+    end
+  end
+  local core = {'0', '-1', '0', tag, ''}
+  if #users > 0 then core = admit(sale, now, users, 1) end
+  local outcomes, granted = core[5], tonumber(core[1])
+  local hold = (core[6] and outcomes ~= 'N') and core[6] or ''
+  local first, won = tonumber(core[3]), 0
+  for k, i in ipairs(fresh) do
+    local letter
+    if outcomes == '' then
+      if k <= granted then letter = 'W' else letter = 'S' end
+    elseif outcomes == 'N' or outcomes == 'E' then
+      letter = outcomes
+    else
+      letter = string.sub(outcomes, k, k)
+    end
+    letters[i] = letter
+    if letter == 'W' then
+      local user, seq = ARGV[i + 2], fmt(first + won)
+      won = won + 1
+      redis.call('SET', KEYS[7 + i], tag .. '\n' .. seq .. '\n' .. hold .. '\n' .. user, 'EX', ARGV[2])
+      if claims then
+        redis.call('SET', KEYS[7 + n + i], KEYS[1] .. '\n' .. tag .. '\n' .. user, 'EX', ARGV[2])
+      end
+    end
+  end
+  local reply = {core[1], core[2], core[3], tag, table.concat(letters), hold,
+                 outcomes == 'N' and core[6] or ''}
+  for _, replay in ipairs(replays) do reply[#reply + 1] = replay end
+  return reply
+end
+
 local done = redis.call('GET', KEYS[7])
 if done then return cjson.decode(done) end
 local sale = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'seq', 'tag', 'per_user',
                         'starts_at', 'ends_at', 'hold_seconds')
 if not sale[1] then return {} end
-local now = now_ms()
-local starts, ends = tonumber(sale[6]), tonumber(sale[7])
 local reply
-if starts and now < starts then
-  reply = {'0', '-1', '0', sale[4], 'N', fmt(starts - now)}
-elseif ends and now >= ends then
-  reply = {'0', '-1', '0', sale[4], 'E'}
-else
-  local stock, sold, seq = tonumber(sale[1]), tonumber(sale[2]), tonumber(sale[3])
-  local per_user = tonumber(sale[5]) or 0
-  local remaining = stock - sold
-  local winners, outcomes, lists = {}, '', nil
-  if per_user == 0 then
-    for i = 1, math.min(#ARGV - 1, remaining) do winners[i] = ARGV[i + 1] end
-    lists = lists_of(winners)  -- (a user's lookup reads them)
-  else
-    local users = {}  -- (no unpack: Lua's stack holds ~8000 values, a batch may hold more)
-    for i = 2, #ARGV do users[i - 1] = ARGV[i] end
-    lists = lists_of(users)
-    local codes, owned = {}, {}
-    for user, list in pairs(lists) do owned[user] = length(list) end
-    for i, user in ipairs(users) do
-      if user == '' then
-        codes[i] = 'U'
-      elseif owned[user] >= per_user then
-        codes[i] = 'A'
-      elseif #winners >= remaining then
-        codes[i] = 'S'
-      else
-        codes[i] = 'W'
-        winners[#winners + 1] = user
-        owned[user] = owned[user] + 1
-      end
-    end
-    outcomes = table.concat(codes)
-  end
-  local granted = #winners
-  reply = {fmt(granted), fmt(remaining - granted), fmt(seq + 1), sale[4], outcomes}
-  if granted > 0 then
-    local hold = tonumber(sale[8]) or 0
-    local fields = {'event', 'won', 'first', fmt(seq + 1), 'count', fmt(granted), 'tag', sale[4],
-                    'users', table.concat(winners, '\n'), 'batch', ARGV[1], 'ts', fmt(now)}
-    if hold > 0 then
-      reply[6] = fmt(now + hold * 1000)
-      fields[#fields + 1] = 'hold_until'
-      fields[#fields + 1] = reply[6]
-    end
-    local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
-    redis.call('ZADD', KEYS[4], seq + 1, id)
-    if hold > 0 then
-      redis.call('ZADD', KEYS[6], reply[6], id)
-      redis.call('HINCRBY', KEYS[1], 'pending', granted)
-    end
-    redis.call('HINCRBY', KEYS[1], 'sold', granted)
-    redis.call('HINCRBY', KEYS[1], 'seq', granted)
-    -- The named winners' live lists, one HSET per 500 winners (a user twice: the last
-    -- value given wins, and it is the whole list).
-    local changes = {}
-    for i, user in ipairs(winners) do
-      local list = lists[user]
-      if list == '' then
-        list = fmt(seq + i)
-      elseif list and (per_user > 0 or length(list) < MAX_PER_USER) then
-        list = list .. ' ' .. fmt(seq + i)
-      end
-      if list then
-        lists[user] = list
-        changes[#changes + 1] = user
-        changes[#changes + 1] = list
-      end
-    end
-    for first = 1, #changes, 1000 do
-      redis.call('HSET', KEYS[3], unpack(changes, first, math.min(first + 999, #changes)))
-    end
-    redis.call('SET', KEYS[7], cjson.encode(reply), 'EX', BATCH_RESULT_TTL)
-  end
-end
+if #KEYS == 7 then reply = admit(sale, now_ms(), ARGV, 2) else reply = admit_keyed(sale, now_ms()) end
+if reply[1] ~= '0' then redis.call('SET', KEYS[7], cjson.encode(reply), 'EX', BATCH_RESULT_TTL) end
 return reply
 """.replace("BATCH_RESULT_TTL", str(BATCH_RESULT_TTL)).replace("MAX_PER_USER", str(MAX_PER_USER))
 
@@ -581,6 +674,10 @@ async def list_sales(redis: Redis) -> list[dict[str, Any]]:
 # The admission script's per-request letters (ADMIT_LUA's reply), as outcomes.
 ADMIT_LETTERS = {ord("W"): Outcome.WON, ord("S"): Outcome.SOLD_OUT, ord("A"): Outcome.ALREADY_BOUGHT,
                  ord("U"): Outcome.USER_REQUIRED}
+# A keyed call's letters (ADMIT_LUA): the plain ones, and those only a keyed call gives.
+KEYED_LETTERS = {**ADMIT_LETTERS, ord("N"): Outcome.NOT_STARTED, ord("E"): Outcome.ENDED,
+                 ord("R"): Outcome.REPLAYED, ord("C"): Outcome.KEY_REUSED, ord("I"): Outcome.KEY_IN_FLIGHT}
+_REPLAY = re.compile(rb"[0-9]+( [0-9]+)?")
 
 
 def admit_reply_ok(reply: object, requests: int) -> TypeGuard[list[Any]]:
@@ -598,3 +695,18 @@ def admit_reply_ok(reply: object, requests: int) -> TypeGuard[list[Any]]:
     if len(reply) == 6 and (outcomes == b"E" or not reply[5].isdigit()):  # a hold's deadline
         return False
     return bool(outcomes in (b"", b"E") or (len(outcomes) == requests and not outcomes.strip(b"WSAU")))
+
+
+def keyed_reply_ok(reply: object, requests: int) -> TypeGuard[list[Any]]:
+    """A keyed call's reply has its shape (see ADMIT_LUA), checked as admit_reply_ok is."""
+    if not isinstance(reply, list):
+        return False
+    if not reply:
+        return True
+    if len(reply) < 7 or not all(isinstance(part, bytes) for part in reply):
+        return False
+    letters = reply[4]
+    return bool(len(letters) == requests and not letters.strip(b"WSAUNERCI")
+                and len(reply) - 7 == letters.count(b"R")
+                and all(_REPLAY.fullmatch(replay) for replay in reply[7:])
+                and (reply[5] == b"" or reply[5].isdigit()) and (reply[6] == b"" or reply[6].isdigit()))

@@ -90,6 +90,10 @@ def make_redis(url: str, timeout: float) -> Redis:
     )
 
 
+def is_cluster(redis: Redis) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
 def make_pipe(redis: Redis) -> BatchPipe:
     if isinstance(redis, RedisCluster):
         return ClusterPipe(redis)

@@ -254,3 +254,19 @@ def test_with_auth_cookie_the_token_may_come_in_a_cookie(start_server, redis_cli
         forged = f"GET /seckill/hat HTTP/1.1\r\nHost: t\r\nCookie: sale_token={token('x' * 40, sub='eve')}\r\n\r\n"
         assert conn.request(forged.encode()).status == 401
     assert [o["user"] for o in stream_orders(redis_client, "hat")] == ["cora"]
+
+
+def test_an_idempotency_key_is_scoped_to_the_tokens_subject(hs_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+    create_sale(redis_client, "hat", 10)
+
+    def keyed(sub: str) -> bytes:
+        return (f"GET /seckill/hat HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token(**claims_ok(sub=sub))}\r\n"
+                'Idempotency-Key: "retry-1"\r\n\r\n').encode()
+
+    with Conn(hs_server.port) as conn:
+        first, again, bob = (conn.request(keyed(sub)) for sub in ("ann", "ann", "bob"))
+        anonymous = conn.request(b'GET /seckill/hat HTTP/1.1\r\nHost: t\r\nIdempotency-Key: "retry-1"\r\n\r\n')
+    assert first.json()["result"] == "won" and again.body == first.body
+    assert (bob.status, bob.json()["result"]) == (422, "key_reused")
+    assert anonymous.status == 401  # the key proves nothing: the token is still required
+    assert [o["user"] for o in stream_orders(redis_client, "hat")] == ["ann"]

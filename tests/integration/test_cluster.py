@@ -375,3 +375,22 @@ def test_an_unreachable_cluster_or_a_plain_redis_exits_3(redis_server) -> None: 
             result = run_cli(*args, "--redis", url)
             assert result.returncode == 3, result.stderr
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_keyed_purchases_on_a_cluster(start_server, cluster: RedisCluster,  # type: ignore[no-untyped-def]
+                                      cluster_client: SyncCluster) -> None:
+    """Idempotency-Key on a cluster: the record is in the sale's slot, a retry replays the
+    win with two workers; without a claim outside the slot, the key is per sale (README)."""
+    server = start_server(workers=2, redis_url=cluster.url)
+    hat, cap = items_on_every_master(cluster, 3, "idem")[:2]
+    for item in (hat, cap):
+        create_sale(cluster_client, item, 5)
+    field = {"Idempotency-Key": '"k"'}
+    answers = [fetch(server.port, "GET", f"/seckill/{hat}?user=ann", headers=field) for _ in range(4)]
+    assert {a.body for a in answers} == {answers[0].body} and answers[0].json()["result"] == "won"
+    assert [a.headers.get("idempotent-replayed") for a in answers] == [None, "true", "true", "true"]
+    assert fetch(server.port, "GET", f"/seckill/{hat}?user=bob", headers=field).status == 422
+    other_sale = fetch(server.port, "GET", f"/seckill/{cap}?user=ann", headers=field)
+    assert other_sale.json()["result"] == "won"  # per sale here: no call spans two slots
+    assert sold(cluster_client, hat) == 1 and len(stream_orders(cluster_client, hat)) == 1
+    assert cluster_client.exists(f"seckill:{{{hat}}}:idem:k") and not cluster_client.exists("seckill:idem:k")

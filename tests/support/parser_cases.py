@@ -35,6 +35,7 @@ def req(
     body: bytes = b"",
 ) -> dict[str, Any]:
     """The fields a request must have; by default an HTTP/1.1 keep-alive request with Host: t."""
+    keys = [value for name, value in headers or () if name == b"idempotency-key"]
     return {
         "method": method,
         "target": target,
@@ -44,6 +45,7 @@ def req(
         "keep_alive": (not http10) if keep_alive is None else keep_alive,
         "headers": ((b"host", b"t"),) if headers is None else tuple(headers),
         "body": body,
+        "idempotency_key": b", ".join(keys) if keys else None,  # the fields as one list
     }
 
 
@@ -126,6 +128,12 @@ GOOD = [
         head(b"GET / HTTP/1.1", b"Host: t", b"Connection: close"),
         [req(b"GET", b"/", headers=[(b"host", b"t"), (b"connection", b"close")], keep_alive=False)],
         id="http11-connection-close",
+    ),
+    # Idempotency-Key is noted as sent (the app parses it); two fields are one list.
+    pytest.param(
+        head(b"GET / HTTP/1.1", b"Host: t", b'Idempotency-Key: "a"', b'idempotency-key: "b"'),
+        [req(b"GET", b"/", headers=[(b"host", b"t"), (b"idempotency-key", b'"a"'), (b"idempotency-key", b'"b"')])],
+        id="idempotency-key-fields",
     ),
     # RFC 9112 9.6: "close" among other connection options still closes.
     pytest.param(

@@ -209,3 +209,90 @@ def test_at_most_max_in_flight_batches_are_sent_and_the_rest_waits_for_a_place()
     batches, at_most = asyncio.run(run())
     assert at_most == 2  # the third and fourth waited while two were in flight
     assert batches == [1, 1, 2]  # then went out together, as one pipeline of two calls
+
+
+# --- Keyed purchases (Idempotency-Key) -------------------------------------------------
+
+def test_a_keyed_purchase_goes_in_its_own_call_with_its_record_and_claim_keys() -> None:
+    def keyed_won(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return [[b"1", b"9", b"5", b"tag", b"W", b"", b""] if c[2] > 7 else won([c])[0] for c in commands]
+
+    async def run() -> tuple[list[Any], Waiter, Waiter]:
+        batcher, pipe = make(keyed_won, idempotency_ttl=60)
+        plain, keyed = Waiter(), Waiter()
+        batcher.submit("hat", b"bob", plain)
+        assert batcher.submit_keyed("hat", b"ann", "k1", keyed) is None
+        await answers([plain, keyed])
+        return pipe.calls, plain, keyed
+
+    calls, plain, keyed = asyncio.run(run())
+    commands = calls[0]
+    assert len(commands) == 2 and commands[0][2] == 7  # the plain call is as before
+    assert commands[1][2] == 9 and commands[1][3 + 7:3 + 9] == ("seckill:{hat}:idem:k1", "seckill:idem:k1")
+    assert commands[1][-3:][1:] == ("60", b"ann")  # ttl, then the users
+    assert (plain.outcomes, keyed.outcomes) == ([(outcomes.WON, 1)], [(outcomes.WON, 5)])
+
+
+def test_on_a_cluster_a_keyed_call_names_only_keys_of_its_sale() -> None:
+    async def run() -> list[Any]:
+        batcher, pipe = make(lambda cs: [[b"1", b"9", b"5", b"tag", b"W", b"", b""] for _ in cs], claims=False)
+        waiter = Waiter()
+        batcher.submit_keyed("hat", b"ann", "k1", waiter)
+        await answers([waiter])
+        return pipe.calls[0][0]
+
+    command = asyncio.run(run())
+    assert command[2] == 8 and all(str(key).startswith("seckill:{hat}") for key in command[3:11])
+
+
+def test_the_same_buyers_key_is_in_flight_until_answered_and_free_after_any_outcome() -> None:
+    def fail(commands: Sequence[tuple[Any, ...]]) -> Any:
+        raise ConnectionResetError("reset")
+
+    async def run() -> list[Any]:
+        batcher, _ = make(fail)
+        first = Waiter()
+        seen = [batcher.submit_keyed("hat", b"ann", "k", first),
+                batcher.submit_keyed("hat", b"ann", "k", Waiter()),  # the first is not answered
+                batcher.submit_keyed("hat", b"bob", "k", Waiter())]  # another buyer's key
+        await answers([first])
+        seen.append(first.outcomes[0][0])
+        seen.append(batcher.submit_keyed("hat", b"ann", "k", Waiter()))  # a 503 freed it
+        return seen
+
+    assert asyncio.run(run()) == [None, outcomes.KEY_IN_FLIGHT, None, outcomes.UNAVAILABLE, None]
+
+
+@pytest.mark.parametrize("reply", [
+    [b"1", b"9", b"5", b"tag", b"R", b"", b""],  # an R without its replay
+    [b"1", b"9", b"5", b"tag", b"WW", b"", b""],  # a letter per request, and one request
+    [b"1", b"9", b"5", b"tag", b"X", b"", b""],
+    [b"1", b"9", b"5", b"tag", b""],  # a plain call's shape
+    [b"0", b"9", b"5", b"tag", b"R", b"", b"", b"5 x"],
+])
+def test_a_keyed_reply_of_a_shape_the_script_never_gives_is_unavailable(reply: list[bytes]) -> None:
+    async def run() -> Waiter:
+        batcher, _ = make(lambda cs: [reply for _ in cs])
+        waiter = Waiter()
+        batcher.submit_keyed("hat", b"ann", "k", waiter)
+        await answers([waiter])
+        return waiter
+
+    assert asyncio.run(run()).outcomes == [(outcomes.UNAVAILABLE, 0)]
+
+
+def test_a_keyed_reply_answers_each_letter() -> None:
+    reply = [b"1", b"0", b"7", b"tag", b"RWCIS", b"", b"", b"3 1700000000000"]
+
+    async def run() -> list[Waiter]:
+        batcher, _ = make(lambda cs: [reply for _ in cs])
+        waiters = [Waiter() for _ in range(5)]
+        for i, waiter in enumerate(waiters):
+            batcher.submit_keyed("hat", f"u{i}".encode(), f"k{i}", waiter)
+        await answers(waiters)
+        assert batcher.gate("hat") is not None  # nothing remains: the sold-out gate
+        return waiters
+
+    assert [w.outcomes for w in asyncio.run(run())] == [
+        [(outcomes.REPLAYED, 3)], [(outcomes.WON, 7)], [(outcomes.KEY_REUSED, 0)],
+        [(outcomes.KEY_IN_FLIGHT, 0)], [(outcomes.SOLD_OUT, 0)]]
