@@ -14,6 +14,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import buyer_cost
 import loadgen
 import lookup_cost
 import pyspy
@@ -222,6 +223,17 @@ def measure_lookup(bench: Bench, redis_url: str) -> None:
                                   rounds=bench.args.lookup_rounds,
                                   connections=bench.args.connections)
     bench.findings.lookup = lookup_cost.measure(
+        redis_url, bench.log_dir, options, server_cpus=bench.pin.server,
+        client_cpus=bench.pin.client, wait_quiet=bench.wait_quiet, record=bench.record_command,
+        note=bench.note)
+
+
+def measure_buyers(bench: Bench, redis_url: str) -> None:
+    """bench/buyer_cost.py inside the run: its own servers, pinned as the rows, this Redis."""
+    print("signed buyers and rate limits against the plain server (bench/buyer_cost.py)")
+    options = dataclasses.replace(buyer_cost.Options(), seconds=bench.args.buyer_seconds,
+                                  rounds=bench.args.buyer_rounds, connections=bench.args.connections)
+    bench.findings.buyers = buyer_cost.measure(
         redis_url, bench.log_dir, options, server_cpus=bench.pin.server,
         client_cpus=bench.pin.client, wait_quiet=bench.wait_quiet, record=bench.record_command,
         note=bench.note)

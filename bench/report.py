@@ -140,6 +140,43 @@ class Profile:
     own: list[FunctionShare]  # the server's own functions, by total time
 
 
+# bench/buyer_cost.py: the rows with a target, and the target (× the reference row).
+BUYER_BOUNDS = {"hs256": 0.75, "es256": 0.75, "sold_out_hs256": 0.95, "rate_ip": 0.95}
+
+
+@dataclasses.dataclass
+class BuyerRow:
+    name: str  # the server's key in SERVERS
+    what: str
+    against: str  # the plain row it is a ratio of
+    rps: list[float] = dataclasses.field(default_factory=list)  # one per round
+    cpu_us: list[float] = dataclasses.field(default_factory=list)  # server CPU per request
+    non2xx: int = 0
+    errors: int = 0
+
+
+@dataclasses.dataclass
+class BuyerCost:
+    seconds: float
+    rounds: int
+    connections: int
+    rows: list[BuyerRow] = dataclasses.field(default_factory=list)
+    first_use_us: dict[str, float] = dataclasses.field(default_factory=dict)
+    skipped: str = ""
+
+    def row(self, name: str) -> BuyerRow:
+        return next(r for r in self.rows if r.name == name)
+
+    def ratio(self, name: str) -> float:
+        """Median over rounds of the row's req/s over its plain row's, same round."""
+        row = self.row(name)
+        if row.name == row.against:
+            return 1.0
+        base = self.row(row.against)
+        pairs = [a / b for a, b in zip(row.rps, base.rps, strict=False) if b]
+        return statistics.median(pairs) if pairs else 0.0
+
+
 @dataclasses.dataclass
 class Findings:
     date: str
@@ -153,6 +190,7 @@ class Findings:
     profile: Profile | None = None
     sale: list[SaleRun] = dataclasses.field(default_factory=list)  # the runs of (f) and (g)
     lookup: LookupCost | None = None
+    buyers: BuyerCost | None = None  # bench/buyer_cost.py
     commands: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -256,6 +294,11 @@ def targets(findings: Findings) -> list[tuple[str, str, bool | None]]:
     if findings.lookup is not None:
         checks.append((f"purchases beside order lookups in a big sale ≥ {findings.lookup.bound:g}× "
                        "alone", findings.lookup.ratio(), findings.lookup.bound, True))
+    buyers = findings.buyers
+    if buyers is not None and not buyers.skipped and buyers.rows:
+        for name, bound in BUYER_BOUNDS.items():
+            row = buyers.row(name)
+            checks.append((f"{row.what} ≥ {bound:g}× {row.against}", buyers.ratio(name), bound, True))
     out: list[tuple[str, str, bool | None]] = []
     for label, value, bound, at_least in checks:
         if value is None:
@@ -405,6 +448,30 @@ def lookup_summary(lookup: LookupCost) -> str:
             f"{lookups:,.1f} req/s (medians of {len(lookup.rounds)} rounds).")
 
 
+def buyer_table(found: BuyerCost) -> str:
+    lines = ["| row | req/s (median) | server µs/req | × its reference | target |", "|---|---:|---:|---:|---|"]
+    for row in found.rows:
+        target = BUYER_BOUNDS.get(row.name)
+        ratio = found.ratio(row.name)
+        verdict = "" if target is None else f"≥ {target:g}: {'**yes**' if ratio >= target else '**no**'}"
+        lines.append(f"| {row.what} | {statistics.median(row.rps):,.0f} | {statistics.median(row.cpu_us):.2f} "
+                     f"| {ratio:.3f} ({row.against}) | {verdict} |")
+    costs = ", ".join(f"{a} {us:.1f} µs" for a, us in found.first_use_us.items())
+    return "\n".join(lines) + f"\n\nFirst use of a token (verification, one core): {costs}."
+
+
+def buyer_section(findings: Findings) -> str:
+    buyers = findings.buyers
+    if buyers is None:
+        return "Not run."
+    if buyers.skipped:
+        return f"Not measured: {buyers.skipped}"
+    return (f"bench/buyer_cost.py: one-worker servers pinned as the rows, `wrk -t1 -c{buyers.connections}` "
+            f"{buyers.rounds} rounds of {buyers.seconds:g} s each, the order alternating; every buyer "
+            "sends 5 purchases (a token's first pays its verification, the next four hit the memo).\n\n"
+            + buyer_table(buyers))
+
+
 def lookup_section(findings: Findings) -> str:
     lookup = findings.lookup
     if lookup is None:
@@ -484,6 +551,7 @@ def render(findings: Findings, picture: str | None = None) -> str:
         "## A sale of bounded stock\n\n" + sale_section(findings),
         "## Metrics on vs off\n\n" + metrics_section(findings),
         "## Order lookups beside purchases\n\n" + lookup_section(findings),
+        "## Signed buyers and rate limits\n\n" + buyer_section(findings),
         "## Targets\n\n" + targets_table(findings),
         "## Exactness (bounded stock)\n\n" + (
             exactness_table(findings.exactness) if findings.exactness else "Not run."
@@ -569,6 +637,10 @@ def from_json(text: str) -> Findings:
     fields["sale"] = [_load_sale(r) for r in fields.get("sale", [])]
     if fields.get("lookup"):
         fields["lookup"] = _load_lookup(fields["lookup"])
+    if fields.get("buyers"):
+        buyers = _known(BuyerCost, fields["buyers"])
+        buyers["rows"] = [BuyerRow(**r) for r in buyers.get("rows", [])]
+        fields["buyers"] = BuyerCost(**buyers)
     fields["commands"] = [tuple(c) for c in fields.get("commands", [])]
     if fields.get("profile"):
         profile = _known(Profile, fields["profile"])

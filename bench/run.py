@@ -45,6 +45,12 @@ stream entries by the admission script itself), then purchases of another sale f
 `GET /seckill/BIG/order?user=U`, `--lookup-rounds` (3) rounds alternating: the ratio of
 the purchase rates (target >= 0.5) and the lookups' own rate.
 
+Signed buyers and rate limits (bench/buyer_cost.py, `--skip buyers`): its own one-worker
+servers, pinned as the rows, on this Redis: admission with `--auth jwt` HS256 and ES256
+(every buyer a token used 5 times) and with the rate limiters on but not tripping, and
+sold out with HS256, each as a ratio to the plain server in the same round; and the
+first-use verification cost per algorithm.
+
 The connection sweep: req/s of (a) and (d) with one URL (the README's headline load)
 at `wrk -t1 -c N`, N = 10, 100, 1000 (`--sweep`), each contender while it is up. Its
 points are shorter (3 runs of 5 s, `--sweep-duration`, `--sweep-repeat`) and have no
@@ -88,7 +94,7 @@ from pathlib import Path
 import loadgen
 import machine
 import plot
-from contenders import measure_lookup, measure_nginx, measure_seckill, measure_seed
+from contenders import measure_buyers, measure_lookup, measure_nginx, measure_seckill, measure_seed
 from loadgen import LoadError
 from report import (
     Findings,
@@ -133,12 +139,14 @@ from services import (
 # --- Options ---------------------------------------------------------------------------
 
 QUICK = {"duration": 3.0, "warmup": 1.0, "ab_requests": 5000, "exact_seconds": 2.0, "repeat": 1,
-         "sweep_duration": 2.0, "sweep_repeat": 1, "lookup_seconds": 2.0, "lookup_rounds": 1}
+         "sweep_duration": 2.0, "sweep_repeat": 1, "lookup_seconds": 2.0, "lookup_rounds": 1,
+         "buyer_seconds": 2.0, "buyer_rounds": 1}
 # The sweep's points are shorter than the main rows' (5 s, not 10 s) to keep the full run
 # near 9 minutes (7.5 before (f), (g) and the lookup cost's ~40 s each; more with a busy
 # neighbour); the median of 3 still stands for each. The lookup cost's runs are 5 s too.
 FULL = {"duration": 10.0, "warmup": 2.0, "ab_requests": 20000, "exact_seconds": 3.0, "repeat": 3,
-        "sweep_duration": 5.0, "sweep_repeat": 3, "lookup_seconds": 5.0, "lookup_rounds": 3}
+        "sweep_duration": 5.0, "sweep_repeat": 3, "lookup_seconds": 5.0, "lookup_rounds": 3,
+        "buyer_seconds": 5.0, "buyer_rounds": 3}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -209,12 +217,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"rounds of the pair, alternating (default {FULL['lookup_rounds']}, "
                              f"--quick {QUICK['lookup_rounds']})")
 
+    buyers = parser.add_argument_group(
+        "signed buyers and rate limits (bench/buyer_cost.py, its defaults otherwise)")
+    buyers.add_argument("--buyer-seconds", type=float, metavar="SECONDS",
+                        help=f"each run (default {FULL['buyer_seconds']:g}, --quick {QUICK['buyer_seconds']:g})")
+    buyers.add_argument("--buyer-rounds", type=int, metavar="N",
+                        help=f"rounds over the servers, the order alternating (default {FULL['buyer_rounds']}, "
+                             f"--quick {QUICK['buyer_rounds']})")
+
     what = parser.add_argument_group("what to run")
     what.add_argument("--skip", default="", metavar="LIST",
                       help="comma-separated parts to leave out: seckill, seed, nginx, ab, exact, "
                            "sweep (the connection sweep), metrics (the --no-metrics row), "
                            "sale ((f) and (g), bounded stock), lookup (order lookups beside "
-                           "purchases, bench/lookup_cost.py)")
+                           "purchases, bench/lookup_cost.py), buyers (--auth jwt and rate limits, "
+                           "bench/buyer_cost.py)")
     what.add_argument("--exact-stock", type=int, default=1000, metavar="N",
                       help="units of the exactness sales")
     what.add_argument("--exact-seconds", type=float, metavar="SECONDS",
@@ -262,12 +279,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sweep = sorted({int(n) for n in args.sweep.split(",") if n.strip()})
     except ValueError:
         parser.error(f"--sweep wants numbers separated by commas, not {args.sweep!r}")
-    if args.duration <= 0 or args.sweep_duration <= 0 or args.lookup_seconds <= 0 or min(
-            args.connections, args.threads, args.repeat, args.sweep_repeat, args.sale_stock,
-            args.lookup_rounds) < 1:
+    if args.duration <= 0 or args.sweep_duration <= 0 or args.lookup_seconds <= 0 or \
+            args.buyer_seconds <= 0 or min(args.connections, args.threads, args.repeat, args.sweep_repeat,
+                                           args.sale_stock, args.lookup_rounds, args.buyer_rounds) < 1:
         parser.error("--duration, --sweep-duration, --connections, --threads, --repeat, "
-                     "--sweep-repeat, --sale-stock, --lookup-seconds and --lookup-rounds "
-                     "must be positive")
+                     "--sweep-repeat, --sale-stock, --lookup-seconds, --lookup-rounds, "
+                     "--buyer-seconds and --buyer-rounds must be positive")
     if min(args.connections, *args.sweep) < args.threads:
         parser.error("wrk needs at least one connection per thread (--connections, --sweep)")
     if args.pin != "none" and ((os.cpu_count() or 1) < 2 or not shutil.which("taskset")):
@@ -351,6 +368,8 @@ def benchmark(args: argparse.Namespace) -> int:
             run_step(bench, "seckill", lambda: measure_seckill(bench, store.url))
         if "lookup" not in args.skip:
             run_step(bench, "lookup", lambda: measure_lookup(bench, store.url))
+        if "buyers" not in args.skip:
+            run_step(bench, "buyers", lambda: measure_buyers(bench, store.url))
         if "seed" not in args.skip:
             run_step(bench, "seed", lambda: measure_seed(bench, store.url))
         if "nginx" not in args.skip:
@@ -411,8 +430,14 @@ def settings_summary(args: argparse.Namespace) -> dict[str, str]:
             f"bench/lookup_cost.py: {args.lookup_rounds} rounds of purchases {args.lookup_seconds:g} s "
             f"alone and {args.lookup_seconds:g} s beside 20 connections of order lookups in a big "
             "sale, its own server (pinned as the rows), this Redis"),
+        "signed buyers and rate limits": (
+            "not run" if "buyers" in args.skip else
+            f"bench/buyer_cost.py: {args.buyer_rounds} rounds of {args.buyer_seconds:g} s on each of its "
+            "servers (plain, --auth jwt HS256 / ES256, rate limits; admission and sold out), the order "
+            "alternating, pinned as the rows, this Redis"),
         "order": "one contender at a time: seckill (a, a/e alternating, b, f/g, ab, sweep, "
-                 "exactness), the lookup cost (its own server), seed, nginx (d, sweep)",
+                 "exactness), the lookup cost (its own server), the buyer cost (its own servers), "
+                 "seed, nginx (d, sweep)",
     }
 
 

@@ -10,10 +10,19 @@ whole admission request under 10 us.
 
 Refusals are 401 with `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 3.1),
 or `error="invalid_request"` when there is no token.
+
+`--jwt-key` may also be a JWKS file (RFC 7517 `{"keys": [...]}`): a token names its key by
+`kid` (a set of one key serves tokens without one), which is how a shop rotates keys:
+add the new key, reload, sign with it, drop the old one, reload. SIGHUP reloads the key
+file in every worker (`Verifier.reload`) without dropping a connection; the memo is
+emptied, so a token of a key taken out is refused from then on. A file that does not load
+leaves the keys as they were (logged).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -53,7 +62,7 @@ class Buyer:
 @dataclass(frozen=True)
 class JwtSettings:
     algorithms: tuple[str, ...]
-    key: str | bytes  # the HMAC secret, or a PEM public key
+    key: str | bytes | jwt.PyJWKSet  # the HMAC secret, a PEM public key, or a JWKS
     issuer: str | None = None
     audience: str | None = None
     leeway: float = DEFAULT_LEEWAY
@@ -61,9 +70,15 @@ class JwtSettings:
     cookie: bytes | None = None  # a cookie that may carry the token when no Authorization is sent
 
 
-def load_key(path: str | None, algorithm: str) -> str | bytes:
+def load_key(path: str | None, algorithm: str) -> str | bytes | jwt.PyJWKSet:
     """The verification key: for HS*, the secret from $SECKILL_JWT_SECRET or the file
-    (never a flag: flags show in ps); for the others, the PEM public key file."""
+    (never a flag: flags show in ps); for the others, the PEM public key file; for any, a
+    JWKS file. ValueError or OSError when it cannot be used."""
+    if path is not None:
+        with open(path, "rb") as file:
+            data = file.read()
+        if data.lstrip()[:1] == b"{":
+            return _jwks(path, data, algorithm)
     if algorithm in HMAC:
         secret = os.environ.get("SECKILL_JWT_SECRET")
         if secret:
@@ -88,6 +103,17 @@ def load_key(path: str | None, algorithm: str) -> str | bytes:
     return pem
 
 
+def _jwks(path: str, data: bytes, algorithm: str) -> jwt.PyJWKSet:
+    """A JWKS file's keys for `algorithm` (its other keys are left out: no key confusion)."""
+    try:
+        keys = json.loads(data)["keys"]
+        usable = [key for key in keys if isinstance(key, dict) and key.get("alg", algorithm) == algorithm]
+        jwks = jwt.PyJWKSet(usable)
+    except (ValueError, KeyError, TypeError, jwt.PyJWTError) as exc:
+        raise ValueError(f"{path} is not a JWKS with a key for {algorithm}: {exc}") from None
+    return jwks
+
+
 def verifier_for(config: Config) -> Verifier | None:
     """The --auth jwt verifier (None: auth off); ValueError or OSError for a bad key."""
     if config.auth != "jwt":
@@ -95,16 +121,27 @@ def verifier_for(config: Config) -> Verifier | None:
     return Verifier(JwtSettings(
         (config.jwt_algorithm,), load_key(config.jwt_key, config.jwt_algorithm), config.jwt_issuer,
         config.jwt_audience, config.jwt_leeway, config.jwt_user_claim,
-        None if config.auth_cookie is None else config.auth_cookie.encode()))
+        None if config.auth_cookie is None else config.auth_cookie.encode()), config.jwt_key)
 
 
 class Verifier:
-    def __init__(self, settings: JwtSettings) -> None:
+    def __init__(self, settings: JwtSettings, path: str | None = None) -> None:
         self.settings = settings
+        self.path = path  # the key file, read again by reload()
         self._memo: dict[bytes, Buyer] = {}
         required = ["exp", settings.user_claim] + (["iss"] if settings.issuer else []) + (
             ["aud"] if settings.audience else [])
         self._options: Any = {"require": required}
+
+    def reload(self) -> str:
+        """Read the key file again (SIGHUP) and forget every verified token; what was done,
+        for the log. Raises ValueError or OSError, keeping the keys as they were."""
+        key = load_key(self.path, self.settings.algorithms[0])
+        self.settings = dataclasses.replace(self.settings, key=key)
+        self._memo.clear()
+        if isinstance(key, jwt.PyJWKSet):
+            return f"{len(key.keys)} keys from {self.path}"
+        return f"the key from {self.path or '$SECKILL_JWT_SECRET'}"
 
     def buyer(self, request: Request) -> Buyer:
         """The request's verified buyer, or AuthError."""
@@ -149,8 +186,9 @@ class Verifier:
 
     def _verify(self, token: bytes) -> Buyer:
         s = self.settings
+        key = s.key if not isinstance(s.key, jwt.PyJWKSet) else self._jwk(token, s.key)
         try:
-            claims = jwt.decode(token, s.key, algorithms=list(s.algorithms), issuer=s.issuer,
+            claims = jwt.decode(token, key, algorithms=list(s.algorithms), issuer=s.issuer,
                                 audience=s.audience, leeway=s.leeway, options=self._options)
         except jwt.ExpiredSignatureError:
             raise AuthError("the token has expired") from None
@@ -176,3 +214,17 @@ class Verifier:
             raise AuthError("the token's 'items' claim must be a list of sale names")
         expires = float(claims["exp"]) + s.leeway
         return Buyer(user, None if items is None else frozenset(items), expires)
+
+    @staticmethod
+    def _jwk(token: bytes, jwks: jwt.PyJWKSet) -> Any:
+        """The key of a JWKS that the token's `kid` names (the only one, if it names none)."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            raise AuthError("the token is not valid") from None
+        if kid is None and len(jwks.keys) == 1:
+            return jwks.keys[0].key
+        for jwk in jwks.keys:
+            if jwk.key_id == kid and kid is not None:
+                return jwk.key
+        raise AuthError("the token's key (kid) is not known here")

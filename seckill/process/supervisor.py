@@ -1,4 +1,5 @@
-"""The parent of --workers N: forks the workers, restarts one that dies, relays a stop."""
+"""The parent of --workers N: forks the workers, restarts one that dies, relays a stop
+and a reload (SIGHUP: each worker reads its keys again)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from seckill.process.worker import Wiring, run_worker
 log = logging.getLogger("seckill")
 
 
-_PARENT_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+_PARENT_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+# A worker unblocks SIGHUP itself once it handles it (worker.serve): until then its default
+# action would kill it, and a reload must never stop a worker.
+_WORKER_UNBLOCKS = _PARENT_SIGNALS - {signal.SIGHUP}
 CRASH_WINDOW = 10.0  # seconds; more than CRASH_LIMIT worker deaths in it and we give up
 CRASH_LIMIT = 10
 
@@ -37,7 +41,7 @@ def supervise(config: Config, wiring: Wiring, listening: socket.socket | None = 
             code = 0
             try:
                 _stop_with_parent(parent)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENT_SIGNALS)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_UNBLOCKS)
                 run_worker(config, wiring, listening=listening, index=index)
             except BaseException:
                 log.exception("worker %d crashed", index)
@@ -59,7 +63,12 @@ def supervise(config: Config, wiring: Wiring, listening: socket.socket | None = 
                     os.kill(pid, signal.SIGKILL)
         else:
             info = signal.sigwaitinfo(_PARENT_SIGNALS)
-        if info is not None and info.si_signo != signal.SIGCHLD:
+        if info is not None and info.si_signo == signal.SIGHUP:
+            if not stopping:
+                log.info("SIGHUP: %d workers reload their keys", len(children))
+                for pid in children:
+                    os.kill(pid, signal.SIGHUP)
+        elif info is not None and info.si_signo != signal.SIGCHLD:
             if stopping:  # a second signal: stop now
                 log.warning("second signal: killing %d workers without finishing", len(children))
                 for pid in children:

@@ -96,6 +96,22 @@ async def serve(config: Config, wiring: Wiring, abort: Callable[[], None] | None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
 
+    def on_hangup() -> None:
+        """SIGHUP: read the token keys again (app/auth.py); connections go on meanwhile."""
+        verifier = app.verifier
+        if verifier is None:
+            log.info("worker %d: SIGHUP: nothing to reload (no --auth)", os.getpid())
+            return
+        try:
+            what = verifier.reload()
+        except (ValueError, OSError) as exc:
+            log.error("worker %d: SIGHUP: keys not reloaded, the old ones stay: %s", os.getpid(), exc)
+        else:
+            log.info("worker %d: SIGHUP: reloaded %s", os.getpid(), what)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # (blocked by the supervisor until now)
+
     def tick() -> None:
         # Once a second: the Date header, the coarse clock, idle and stalled connections.
         clock.now = loop.time()

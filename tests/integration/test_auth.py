@@ -221,6 +221,7 @@ def test_with_a_limit_exactly_one_win_per_subject_whatever_a_bot_sends(start_ser
     (["--auth", "jwt", "--jwt-algorithm", "ES256"], "ES256 needs --jwt-key PUBLIC_KEY.pem"),
     (["--auth", "jwt", "--jwt-algorithm", "ES256", "--jwt-key", "{junk}"], "is not a PEM public key"),
     (["--auth", "jwt", "--jwt-key", "/nonexistent/secret"], "No such file or directory"),
+    (["--auth", "jwt", "--jwt-algorithm", "ES256", "--jwt-key", "{jwks}"], "is not a JWKS with a key for ES256"),
     (["--auth", "jwt", "--jwt-algorithm", "HS1"], "invalid choice"),
 ])
 def test_a_bad_auth_setting_is_one_line_and_exit_2(tmp_path: Path, monkeypatch, args: list[str],  # type: ignore[no-untyped-def]
@@ -233,8 +234,10 @@ def test_a_bad_auth_setting_is_one_line_and_exit_2(tmp_path: Path, monkeypatch, 
     monkeypatch.delenv("SECKILL_JWT_SECRET", raising=False)
     junk = tmp_path / "junk.pem"
     junk.write_text("not a key")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0", "alg": "HS256"}]}')  # no ES256 key
     done = subprocess.run([sys.executable, str(ROOT / "seckill_server.py"), "--port", "1",
-                           *[a.replace("{junk}", str(junk)) for a in args]],
+                           *[a.replace("{junk}", str(junk)).replace("{jwks}", str(jwks)) for a in args]],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2, done
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -270,3 +273,133 @@ def test_an_idempotency_key_is_scoped_to_the_tokens_subject(hs_server, redis_cli
     assert (bob.status, bob.json()["result"]) == (422, "key_reused")
     assert anonymous.status == 401  # the key proves nothing: the token is still required
     assert [o["user"] for o in stream_orders(redis_client, "hat")] == ["ann"]
+
+
+# --- JWKS and key rotation on SIGHUP -----------------------------------------------------
+
+def es_jwk(kid: str) -> tuple[Any, dict[str, Any]]:
+    """An ES256 private key and its public JWK named `kid`."""
+    import json
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+    return private, {**jwk, "kid": kid, "alg": "ES256", "use": "sig"}
+
+
+def es_token(private: Any, kid: str | None, sub: str = "ann") -> str:
+    return jwt.encode({"sub": sub, "exp": int(time.time()) + 300}, private, algorithm="ES256",
+                      headers={"kid": kid} if kid else None)
+
+
+def write_jwks(path: Path, *jwks: dict[str, Any]) -> None:
+    import json
+    import os
+
+    (path.parent / "next").write_text(json.dumps({"keys": list(jwks)}))
+    os.replace(path.parent / "next", path)  # as a deploy would: never half a file
+
+
+def test_a_jwks_file_serves_tokens_by_kid(start_server, redis_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    create_sale(redis_client, "hat", 10)
+    (a, a_jwk), (b, b_jwk) = es_jwk("a"), es_jwk("b")
+    rs_private, _ = rsa_pem()
+    rs_jwk = {**__import__("json").loads(jwt.algorithms.RSAAlgorithm.to_jwk(rs_private.public_key())),
+              "kid": "r", "alg": "RS256"}
+    keys = tmp_path / "jwks.json"
+    write_jwks(keys, a_jwk, b_jwk, rs_jwk)
+    server = start_server("--auth", "jwt", "--jwt-algorithm", "ES256", "--jwt-key", str(keys))
+    with Conn(server.port) as conn:
+        by_a = conn.request(with_token("/seckill/hat", es_token(a, "a")))
+        by_b = conn.request(with_token("/seckill/hat", es_token(b, "b", sub="bob")))
+        wrong_kid = conn.request(with_token("/seckill/hat", es_token(a, "b")))
+        unknown = conn.request(with_token("/seckill/hat", es_token(a, "zz")))
+        no_kid = conn.request(with_token("/seckill/hat", es_token(a, None)))  # two ES256 keys: which?
+        rs = conn.request(with_token("/seckill/hat", jwt.encode({"sub": "x", "exp": int(time.time()) + 60},
+                                                                rs_private, "RS256", headers={"kid": "r"})))
+    assert (by_a.status, by_b.status) == (200, 200)
+    assert [r.status for r in (wrong_kid, unknown, no_kid, rs)] == [401] * 4
+    assert 'error="invalid_token"' in unknown.headers["www-authenticate"]
+    assert sorted(o["user"] for o in stream_orders(redis_client, "hat")) == ["ann", "bob"]
+
+
+def test_sighup_rotates_the_keys_under_load_without_a_failed_request(start_server, redis_client,  # type: ignore[no-untyped-def]
+                                                                   tmp_path: Path) -> None:
+    import os
+    import signal
+
+    create_sale(redis_client, "hat", 10**9)
+    (old, old_jwk), (new, new_jwk) = es_jwk("old"), es_jwk("new")
+    keys = tmp_path / "jwks.json"
+    write_jwks(keys, old_jwk)
+    server = start_server("--auth", "jwt", "--jwt-algorithm", "ES256", "--jwt-key", str(keys), workers=2)
+    old_tokens = [es_token(old, "old", sub=f"o{i}") for i in range(20)]
+    new_tokens = [es_token(new, "new", sub=f"n{i}") for i in range(20)]
+
+    def reloads() -> int:
+        return sum("SIGHUP: reloaded" in line for line in server.lines)
+
+    async def load(tokens: list[str], until: asyncio.Event) -> Counter[int]:
+        statuses: Counter[int] = Counter()
+
+        async def one_connection(offset: int) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            buf, i = b"", offset
+            while not until.is_set():  # keep-alive connections that live across the reload
+                writer.write(with_token("/seckill/hat", tokens[i % len(tokens)]))
+                response, buf = await read_one(reader, buf)
+                statuses[response.status] += 1
+                i += 1
+            writer.close()
+
+        await asyncio.gather(*(one_connection(n) for n in range(8)))
+        return statuses
+
+    async def rotate() -> tuple[Counter[int], Counter[int], int]:
+        stop_old, stop_new = asyncio.Event(), asyncio.Event()
+        with_old = asyncio.create_task(load(old_tokens, stop_old))
+        await asyncio.sleep(0.3)  # (load runs meanwhile: the reload lands in the middle of it)
+        write_jwks(keys, old_jwk, new_jwk)
+        os.kill(server.proc.pid, signal.SIGHUP)
+        await asyncio.to_thread(server.wait_for, lambda lines: reloads() == 2)
+        with_new = asyncio.create_task(load(new_tokens, stop_new))
+        await asyncio.sleep(0.3)
+        stop_old.set(), stop_new.set()
+        during = await with_old, await with_new
+        write_jwks(keys, new_jwk)  # the old key retired
+        os.kill(server.proc.pid, signal.SIGHUP)
+        await asyncio.to_thread(server.wait_for, lambda lines: reloads() == 4)
+        with Conn(server.port) as conn:
+            retired = conn.request(with_token("/seckill/hat", old_tokens[0])).status  # memoised before
+        return during[0], during[1], retired
+
+    by_old, by_new, retired = asyncio.run(rotate())
+    assert set(by_old) == {200} and set(by_new) == {200}, (by_old, by_new)
+    assert sum(by_old.values()) > 20 and sum(by_new.values()) > 20
+    assert retired == 401
+    assert server.proc.poll() is None and server.listening_count() == 2  # no worker was lost
+
+
+def test_a_bad_key_file_on_sighup_keeps_the_old_keys(start_server, redis_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+
+    create_sale(redis_client, "hat", 10)
+    (a, a_jwk) = es_jwk("a")
+    keys = tmp_path / "jwks.json"
+    write_jwks(keys, a_jwk)
+    server = start_server("--auth", "jwt", "--jwt-algorithm", "ES256", "--jwt-key", str(keys))
+    keys.write_text('{"keys": [')
+    os.kill(server.proc.pid, signal.SIGHUP)
+    server.wait_for(lambda lines: any("keys not reloaded, the old ones stay" in line for line in lines))
+    with Conn(server.port) as conn:
+        assert conn.request(with_token("/seckill/hat", es_token(a, "a"))).status == 200
+
+
+def test_sighup_without_auth_changes_nothing(start_server, redis_client) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+
+    server = start_server(workers=2)
+    os.kill(server.proc.pid, signal.SIGHUP)
+    server.wait_for(lambda lines: sum("nothing to reload" in line for line in lines) == 2)
+    assert server.proc.poll() is None and server.listening_count() == 2

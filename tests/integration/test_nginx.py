@@ -26,7 +26,7 @@ import redis
 
 from seckill.store.embedded import EmbeddedRedis, free_port
 from support.helpers import ROOT, ServerProcess, create_sale, poll, require_tool, stream_orders
-from support.http_client import fetch
+from support.http_client import Conn, fetch
 
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
 START_TIMEOUT = 10.0  # seconds for nginx to accept after start
@@ -67,9 +67,16 @@ def nginx_binary() -> str:
     return found or require_tool("nginx")
 
 
-def render_site(upstream: str, listen_port: int) -> str:
-    """deploy/nginx.conf with its upstream server and its listen address replaced."""
+RATE_LIMIT_LINE = re.compile(r"^#rl ", re.M)  # the limit_req example, off as shipped
+
+
+def render_site(upstream: str, listen_port: int, rate_limit: bool = False) -> str:
+    """deploy/nginx.conf with its upstream server and its listen address replaced, and
+    with `rate_limit` its limit_req example turned on."""
     text = DEPLOY_CONF.read_text()
+    if rate_limit:
+        text, count = RATE_LIMIT_LINE.subn("", text)
+        assert count >= 8, "deploy/nginx.conf lost its `#rl ` limit_req example"
     assert UNIX_ALTERNATIVE.search(text), "deploy/nginx.conf lost its commented `server unix:` line"
     text, count = UPSTREAM_LINE.subn(lambda m: f"{m.group(1)}server {upstream};", text)
     assert count == 1, "deploy/nginx.conf must have exactly one `server 127.0.0.1:5000;` line"
@@ -81,11 +88,11 @@ def render_site(upstream: str, listen_port: int) -> str:
 class Nginx:
     """A real nginx master and one worker, everything it writes under `prefix`."""
 
-    def __init__(self, binary: str, prefix: Path, upstream: str) -> None:
+    def __init__(self, binary: str, prefix: Path, upstream: str, rate_limit: bool = False) -> None:
         self.prefix = prefix
         self.port = free_port()
         prefix.mkdir(parents=True, exist_ok=True)
-        (prefix / "seckill.conf").write_text(render_site(upstream, self.port))
+        (prefix / "seckill.conf").write_text(render_site(upstream, self.port, rate_limit))
         # As root, nginx runs its worker as `nobody`, which could not reach a unix socket
         # under pytest's 0700 tmp dirs: run it as ourselves. Not root: `user` is ignored.
         user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
@@ -133,7 +140,7 @@ class Nginx:
                 self.proc.wait()
 
 
-StartNginx = Callable[[str], Nginx]
+StartNginx = Callable[..., Nginx]
 StartServer = Callable[..., ServerProcess]  # conftest's start_server
 ServerAt = Callable[[list[str]], ServerProcess]
 
@@ -144,8 +151,8 @@ def start_nginx(tmp_path: Path) -> Iterator[StartNginx]:
     binary = nginx_binary()
     started: list[Nginx] = []
 
-    def start(upstream: str) -> Nginx:
-        nginx = Nginx(binary, tmp_path / f"nginx{len(started)}", upstream)
+    def start(upstream: str, rate_limit: bool = False) -> Nginx:
+        nginx = Nginx(binary, tmp_path / f"nginx{len(started)}", upstream, rate_limit)
         started.append(nginx)
         nginx.wait_listening()
         return nginx
@@ -376,3 +383,63 @@ def test_access_log_names_the_client_behind_nginx(start_server: StartServer, sta
     assert fetch(nginx.port, "GET", "/healthz").status == 200
     assert server.stop() == 0
     assert [line.split(" ", 1)[0] for line in log.read_text().splitlines()] == ["203.0.113.9", "127.0.0.1"]
+
+
+# --- Rate limits behind nginx -------------------------------------------------------------
+
+def from_address(source: str, port: int, requests: list[bytes]) -> list[tuple[int, bytes, str]]:
+    """Requests on one keep-alive connection from `source` (any 127.x address is ours on
+    Linux's loopback): (status, body, Retry-After) of each."""
+    with Conn(port, source=source) as conn:
+        out = []
+        for request in requests:
+            answer = conn.request(request)
+            out.append((answer.status, answer.body, answer.headers.get("retry-after", "")))
+        return out
+
+
+def buy_request(user: str, *headers: str) -> bytes:
+    return (f"GET /seckill/hat?user={user} HTTP/1.1\r\nHost: t\r\n" + "".join(f"{h}\r\n" for h in headers)
+            + "\r\n").encode()
+
+
+def test_behind_nginx_the_servers_limit_counts_the_real_client(start_server: StartServer,
+                                                               start_nginx: StartNginx,
+                                                               redis_client: redis.Redis) -> None:
+    """nginx (a trusted proxy: 127.0.0.1) names the client in X-Forwarded-For; a client's own
+    X-Forwarded-For is kept in front of what nginx adds and so changes nothing."""
+    create_sale(redis_client, "hat", 100)
+    server = start_server("--rate-per-ip", "0.1/s:2")
+    nginx = start_nginx(f"127.0.0.1:{server.port}")
+    first = from_address("127.0.0.2", nginx.port, [buy_request(f"a{i}") for i in range(3)])
+    spoofed = from_address("127.0.0.2", nginx.port, [buy_request("a9", "X-Forwarded-For: 192.0.2.1")])
+    other = from_address("127.0.0.3", nginx.port, [buy_request("b0")])
+    assert [s for s, _, _ in first] == [200, 200, 429]
+    assert spoofed[0][0] == 429 and other[0][0] == 200
+    assert len(stream_orders(redis_client, "hat")) == 3
+
+
+def test_nginx_limit_req_example_bounds_each_client_host_wide(start_server: StartServer,
+                                                             start_nginx: StartNginx,
+                                                             redis_client: redis.Redis) -> None:
+    """deploy/nginx.conf's limit_req example turned on: past the burst a client gets nginx's
+    429 (with Retry-After and the server's JSON), another client is served, and only
+    purchase paths are limited."""
+    create_sale(redis_client, "hat", 10**6)
+    server = start_server()
+    nginx = start_nginx(f"127.0.0.1:{server.port}", rate_limit=True)
+    started = time.monotonic()
+    burst = from_address("127.0.0.2", nginx.port, [buy_request(f"a{i}") for i in range(60)])
+    elapsed = time.monotonic() - started
+    statuses = [s for s, _, _ in burst]
+    served = statuses.count(200)
+    # burst=20 nodelay, rate 10/s: the first request and the burst at once, then 10 a second.
+    assert 21 <= served <= 21 + 10 * elapsed + 1, (served, elapsed)
+    assert set(statuses) == {200, 429} and statuses[:21] == [200] * 21
+    limited = next(b for b in burst if b[0] == 429)
+    assert limited[1] == b'{"result":"rate_limited"}' and limited[2] == "1"
+    other = from_address("127.0.0.3", nginx.port, [buy_request("b0")])
+    not_purchases = from_address("127.0.0.2", nginx.port, [
+        b"GET /stock/hat HTTP/1.1\r\nHost: t\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"])
+    assert other[0][0] == 200 and [s for s, _, _ in not_purchases] == [200, 200]
+    assert len(stream_orders(redis_client, "hat")) == served + 1

@@ -46,8 +46,10 @@ def parse_one(buf: bytes) -> tuple[Response, bytes] | None:
 class Conn:
     """A blocking connection to the server under test."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, source: str | None = None) -> None:
+        """`source`: the local address to connect from (any 127.x is ours on Linux)."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=None if source is None else (source, 0))
         self.buf = b""
 
     def send(self, data: bytes) -> None:
