@@ -110,9 +110,7 @@ def first_use_costs(all_keys: dict[str, tuple[Any, Any]], count: int = 2000, rep
 
     costs = {}
     for algorithm, (signing, verifying) in all_keys.items():
-        key = verifying if algorithm == "HS256" else verifying.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        verifier = Verifier(JwtSettings((algorithm,), key))
+        verifier = Verifier(JwtSettings((algorithm,), verifying))  # (a key object, as app/auth.load_key gives)
         tokens = [t.encode() for t in make_tokens(signing, algorithm, count, "c")]
         runs = []
         for _ in range(repeat):
