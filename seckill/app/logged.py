@@ -64,7 +64,7 @@ class LoggedApp:
             self._when = (second, request_logs.local_time(now))
         client = conn.peer_address
         if request is not None:
-            client = self._trust.client(client, request.header(b"x-forwarded-for"), request.header(b"x-real-ip"))
+            client = self._trust.client_of(client, request.headers)
         if self.access_log is not None:
             if request is None:
                 line, referer, agent = None, None, None

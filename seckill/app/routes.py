@@ -224,8 +224,7 @@ class SeckillApp:
             self.count("purchase", 405)
             return self.responses.get(405, METHOD_NOT_ALLOWED, mode, _ALLOW_PURCHASE)
         if self.ip_limit is not None:  # before the gate and the token: a flood costs least here
-            client = self._trust.client(conn.peer_address, request.header(b"x-forwarded-for"),
-                                        request.header(b"x-real-ip"))
+            client = self._trust.client_of(conn.peer_address, request.headers)
             wait = self.ip_limit.take(client, _monotonic())
             if wait:
                 return self._rate_limited(self.ip_limit, wait, mode)

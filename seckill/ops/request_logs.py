@@ -219,6 +219,23 @@ class ProxyTrust:
         forms = (ip,) if mapped is None else (ip, mapped)
         return any(form in net for form in forms for net in self.networks)
 
+    def client_of(self, peer: str, headers: tuple[tuple[bytes, bytes], ...]) -> str:
+        """client() with the two fields (the first of each) read from a request's headers in
+        one pass; the peer at once when it is not a trusted proxy or names nobody (the
+        per-address limiter asks this of every purchase)."""
+        if not (peer == "unix" or self.trusts(peer)):
+            return peer
+        forwarded_for = real_ip = None
+        for name, value in headers:
+            if name == b"x-forwarded-for":
+                if forwarded_for is None:
+                    forwarded_for = value
+            elif name == b"x-real-ip" and real_ip is None:
+                real_ip = value
+        if forwarded_for is None and real_ip is None:
+            return peer
+        return self.client(peer, forwarded_for, real_ip)
+
     def client(self, peer: str, forwarded_for: bytes | None, real_ip: bytes | None) -> str:
         """The client's address: the peer's, unless a trusted proxy says otherwise. In
         X-Forwarded-For, the right-most address not itself a trusted proxy (what precedes
