@@ -193,6 +193,9 @@ def refuses_connections(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # Our SYN sat in the backlog of a listener closed just then: ask again.
+        return False
 
 
 def unread_bytes_at(port: int) -> int:
