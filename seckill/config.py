@@ -49,6 +49,8 @@ class Config:
     forwarded_allow_ips: str = "127.0.0.1"
     rate_per_ip: str | None = None  # RATE[/s][:BURST] purchases per client address (app/ratelimit.py)
     rate_per_user: str | None = None  # the same per buyer
+    replica_acks: int = 0  # WAIT for this many replicas before a win is answered (admission/batcher.py)
+    replica_ack_timeout: float | None = None  # WAIT's timeout; None: half of redis_timeout
     idempotency_ttl: int = 24 * 3600  # seconds a keyed purchase's win answers its retries (app/idempotency.py)
     auth: str | None = None  # "jwt": the buyer is a verified token's subject (app/auth.py)
     jwt_algorithm: str = "HS256"
@@ -58,3 +60,7 @@ class Config:
     jwt_leeway: float = 5.0
     jwt_user_claim: str = "sub"
     auth_cookie: str | None = None  # with --auth jwt: a cookie that may carry the token
+
+    def ack_timeout(self) -> float:
+        """WAIT's timeout (--replica-ack-timeout): below the Redis timeout, which bounds the batch."""
+        return self.replica_ack_timeout if self.replica_ack_timeout is not None else self.redis_timeout / 2

@@ -25,6 +25,14 @@ Purchases with an Idempotency-Key (app/idempotency.py) queue apart and go as key
 calls in the same pipeline (their own batch ids): the unkeyed ones pay nothing for them.
 They pass no gate (a retry of a win must find its record, whatever the stock is now), and
 while one is unanswered, the same buyer's same key is refused at once (KEY_IN_FLIGHT).
+
+With `replica_acks` N (--replica-acks), each pipeline ends with `WAIT N timeout` on the
+same connection: Redis answers it once N replicas have every write of this connection so
+far, or at the timeout with how many had. A call that granted or replayed a win is
+answered only if N did; otherwise UNAVAILABLE (the win is recorded on the master and may
+or may not survive a failover: its batch id, or its Idempotency-Key, makes a retry safe).
+A call that granted nothing changed nothing and is answered as it is. (A replay writes
+again what it replays, so the WAIT covers it whichever connection first wrote it.)
 """
 
 from __future__ import annotations
@@ -114,6 +122,15 @@ Call = tuple[str, str, Sequence[tuple[bytes, "Waiter"]], Sequence[str] | None]
 Gate = tuple[float, Outcome, float]
 
 
+class ReplicaAckError(RedisError):
+    """Fewer replicas than --replica-acks acknowledged a call's writes in time: a 503."""
+
+
+def _holds_a_win(reply: object) -> bool:
+    """Whether a script reply granted or replayed a win (then it needs the replicas' word)."""
+    return isinstance(reply, list) and len(reply) >= 5 and (reply[0] != b"0" or (len(reply) >= 7 and b"R" in reply[4]))
+
+
 class Batcher:
     def __init__(
         self,
@@ -129,6 +146,8 @@ class Batcher:
         faults: Faults | None = None,
         idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
         claims: bool = True,
+        replica_acks: int = 0,
+        ack_timeout: float = 0.5,
     ) -> None:
         self._redis = redis
         self._pipe = pipe
@@ -143,6 +162,8 @@ class Batcher:
         self._keys_in_flight: set[tuple[bytes, str]] = set()  # (user, key) queued or sent
         self._idempotency_ttl = str(idempotency_ttl)
         self._claims = claims  # a plain Redis: a key's claim outside the sale (not on a cluster)
+        self._replica_acks = replica_acks
+        self._ack_timeout_ms = max(1, int(ack_timeout * 1000))
         self._waiting = 0
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -325,11 +346,21 @@ class Batcher:
         return replies
 
     async def _pipeline(self, calls: list[Call]) -> list[object]:
-        return await self._pipe.execute([
+        commands: list[tuple[Any, ...]] = [
             ("EVALSHA", ADMIT_SHA, 7, *admit_keys(item, batch_id), batch_id, *[user for user, _ in requests])
             if keys is None else self._keyed_command(item, batch_id, requests, keys)
             for item, batch_id, requests, keys in calls
-        ])
+        ]
+        if not self._replica_acks:
+            return await self._pipe.execute(commands)
+        replies = await self._pipe.execute([*commands, ("WAIT", self._replica_acks, self._ack_timeout_ms)])
+        acked = replies.pop()
+        if isinstance(acked, int) and acked >= self._replica_acks:
+            return replies
+        unacknowledged = ReplicaAckError(
+            f"{acked!r} of {self._replica_acks} replicas acknowledged within {self._ack_timeout_ms} ms")
+        self._warn(unacknowledged, "batch(es) with wins not acknowledged by enough replicas")
+        return [unacknowledged if _holds_a_win(reply) else reply for reply in replies]
 
     def _keyed_command(self, item: str, batch_id: str, requests: Sequence[tuple[bytes, Waiter]],
                        keys: Sequence[str]) -> tuple[Any, ...]:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from seckill.cli.admin import ADMIN_COMMANDS, main_admin
-from seckill.cli.serve import build_serve_parser
+from seckill.cli.serve import build_serve_parser, serve_problem
 from seckill.config import Config
 from seckill.exits import Fatal
 from seckill.process.startup import main_serve
@@ -36,7 +36,11 @@ def _main(argv: list[str]) -> int:
         return main_admin(argv)
     if argv and argv[0] == "serve":
         argv = argv[1:]
-    args = build_serve_parser().parse_args(argv)
+    parser = build_serve_parser()
+    args = parser.parse_args(argv)
+    problem = serve_problem(args)
+    if problem:
+        parser.error(problem)
     if args.admin_token is None:  # (not the flag's default: --help would print it)
         args.admin_token = os.environ.get("SECKILL_ADMIN_TOKEN") or None
     config = Config(**vars(args))

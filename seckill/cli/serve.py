@@ -12,7 +12,7 @@ from seckill.app.ratelimit import Rate
 from seckill.config import Config
 from seckill.exits import EXIT_USAGE, Fatal
 from seckill.ops import request_logs
-from seckill.store.client import valid_url
+from seckill.store.client import cluster_nodes, valid_url
 
 log = logging.getLogger("seckill")
 
@@ -59,7 +59,8 @@ def bounded(kind: type, low: float, high: float | None = None) -> Any:
 def _redis_url(text: str) -> str:
     if not valid_url(text):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a redis://, rediss://, unix:// or redis+cluster://host:port[,host:port...] URL")
+            f"{text!r} is not a redis://, rediss://, unix://, redis+cluster://host:port[,host:port...] or "
+            "redis+sentinel://host:port[,host:port...]/MASTER_NAME URL")
     return text
 
 
@@ -91,6 +92,15 @@ def add_redis_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-dir", default=d.data_dir, metavar="DIR",
                         help="where the embedded Redis keeps its AOF and log")
+
+
+def serve_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with flags that are each valid alone, or None."""
+    if args.replica_ack_timeout is not None and args.replica_ack_timeout >= args.redis_timeout:
+        return "--replica-ack-timeout must be below --redis-timeout (the batch's whole answer has to fit in it)"
+    if args.replica_acks and args.redis is not None and cluster_nodes(args.redis) is not None:
+        return "--replica-acks is not supported on a Redis Cluster yet (WAIT per master): use it with Sentinel"
+    return None
 
 
 def build_serve_parser() -> argparse.ArgumentParser:
@@ -182,6 +192,12 @@ def build_serve_parser() -> argparse.ArgumentParser:
                         "once, RATE a second after; past it 429. Per worker (default: off)")
     parser.add_argument("--rate-per-user", type=_rate, default=None, metavar="RATE[/s][:BURST]",
                         help="the same per buyer (the token's subject with --auth jwt) (default: off)")
+    parser.add_argument("--replica-acks", type=bounded(int, 0, 16), default=d.replica_acks, metavar="N",
+                        help="answer a win only once N replicas have it (WAIT after each batch); else 503. "
+                        "0: do not wait (a failover can lose the last wins)")
+    parser.add_argument("--replica-ack-timeout", type=bounded(float, 0.001), default=None, metavar="SECONDS",
+                        help="how long a batch waits for the replicas (default: half of --redis-timeout; "
+                        "must be below it)")
     parser.add_argument("--idempotency-ttl", type=bounded(int, 1, 30 * 24 * 3600), default=d.idempotency_ttl,
                         metavar="SECONDS", help="how long a purchase with an Idempotency-Key that won answers "
                         "its retries with the same win (default: a day)")

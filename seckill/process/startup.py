@@ -69,6 +69,7 @@ async def _prepare(config: Config, url: str) -> None:
     try:
         await redis.script_load(sale_store.ADMIT_LUA)
         await _log_durability(redis)
+        await _log_replication(redis, config.replica_acks)
         if config.demo:
             await _demo_sale(redis, config.reset_demo)
     finally:
@@ -114,6 +115,38 @@ async def _log_durability(redis: Redis) -> None:
     else:
         log.warning("Redis persistence: %s: a Redis crash loses acknowledged wins (use appendonly yes, "
                     "appendfsync always)", f"RDB snapshots ({save})" if save else "none")
+
+
+async def _log_replication(redis: Redis, acks: int) -> None:
+    """Say at start-up what a failover could lose with the replicas found and --replica-acks
+    (README: Limits and guarantees), and warn when the setting and the replicas disagree."""
+    try:
+        info = await redis.info("replication")
+        setting = (await redis.config_get("min-replicas-to-write")).get("min-replicas-to-write", "0")
+    except (RedisError, OSError):
+        log.info("Redis replication unknown (INFO or CONFIG GET refused): see README, Durability of a win")
+        return
+    replicas = sum(1 for key, value in info.items() if key.startswith("slave") and isinstance(value, dict)
+                   and value.get("state") == "online")
+    floor = int(setting.decode() if isinstance(setting, bytes) else setting or 0)
+    if replicas == 0 and acks == 0:
+        return  # one Redis: the persistence line above says it all
+    if acks > replicas:
+        log.warning("--replica-acks %d but the master has %d replicas online: every win answers 503 until "
+                    "%d are", acks, replicas, acks)
+    elif acks == 0:
+        log.warning("Redis replication: %d replicas online, --replica-acks 0: a failover can lose the last "
+                    "acknowledged wins and sell their units again (--replica-acks 1 loses none to a failover "
+                    "that promotes an acknowledging replica)", replicas)
+    elif acks < replicas:
+        log.warning("Redis replication: --replica-acks %d of %d replicas online: a failover that promotes "
+                    "one of the %d that may not have acknowledged can lose wins (see README)",
+                    acks, replicas, replicas - acks)
+    else:
+        log.info("Redis replication: every win acknowledged by all %d replicas before it is answered", replicas)
+    if replicas and floor < max(acks, 1):
+        log.info("Redis min-replicas-to-write is %d: a master cut off from its replicas keeps accepting "
+                 "writes that a failover would then drop (answered 503 with --replica-acks)", floor)
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -56,6 +56,7 @@ async def serve(config: Config, wiring: Wiring, abort: Callable[[], None] | None
         max_batch=config.max_batch, max_waiting=config.max_waiting,
         max_in_flight=config.max_in_flight, stats=stats, faults=errors,
         idempotency_ttl=config.idempotency_ttl, claims=not is_cluster(redis),
+        replica_acks=config.replica_acks, ack_timeout=config.ack_timeout(),
     )
     clock = Clock(loop.time())
     limits = Limits(

@@ -350,6 +350,9 @@ local function admit_keyed(sale, now)
         if owner == user then
           letters[i] = 'R'
           replays[#replays + 1] = hold == '' and seq or (seq .. ' ' .. hold)
+          -- Written again as it is: a WAIT after this call then covers the win it replays,
+          -- whichever connection wrote it (--replica-acks).
+          redis.call('SET', record, stored, 'KEEPTTL')
         else
           letters[i] = 'C'
         end
@@ -392,7 +395,11 @@ local function admit_keyed(sale, now)
 end
 
 local done = redis.call('GET', KEYS[7])
-if done then return cjson.decode(done) end
+if done then
+  -- A write, so that a WAIT after this resend covers the call it repeats (--replica-acks).
+  redis.call('EXPIRE', KEYS[7], BATCH_RESULT_TTL)
+  return cjson.decode(done)
+end
 local sale = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'seq', 'tag', 'per_user',
                         'starts_at', 'ends_at', 'hold_seconds')
 if not sale[1] then return {} end
