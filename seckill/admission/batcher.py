@@ -358,8 +358,15 @@ class Batcher:
         if isinstance(acked, int) and acked >= self._replica_acks:
             return replies
         unacknowledged = ReplicaAckError(
-            f"{acked!r} of {self._replica_acks} replicas acknowledged within {self._ack_timeout_ms} ms")
+            f"WAIT answered {type(acked).__name__}: {acked}" if isinstance(acked, Exception) else
+            f"{acked} of {self._replica_acks} replicas acknowledged within {self._ack_timeout_ms} ms")
         self._warn(unacknowledged, "batch(es) with wins not acknowledged by enough replicas")
+        # Too few replicas may mean this master was demoted by a failover and has not been
+        # told yet (Sentinel reconfigures an old master within seconds; until then it takes
+        # writes that will be dropped): the next batch connects again, and a Sentinel
+        # connection asks where the master is now. The batches behind this one fail with
+        # the connection and are sent once more on the new one (the Batcher's retry).
+        self._pipe.reset(unacknowledged)
         return [unacknowledged if _holds_a_win(reply) else reply for reply in replies]
 
     def _keyed_command(self, item: str, batch_id: str, requests: Sequence[tuple[bytes, Waiter]],

@@ -22,6 +22,7 @@ from seckill.ops import faults, metrics
 from seckill.sales import order_book
 from seckill.store.client import is_cluster, make_pipe, make_redis
 from seckill.store.reads import ReadBatcher
+from seckill.store.sentinel_watch import follow_switches
 
 log = logging.getLogger("seckill")
 
@@ -51,8 +52,9 @@ async def serve(config: Config, wiring: Wiring, abort: Callable[[], None] | None
     redis = make_redis(wiring.redis_url, config.redis_timeout)
     stats = metrics.WorkerStats() if config.metrics else None
     errors = faults.Faults(stats.internal_errors if stats is not None else None)
+    batch_pipe, read_pipe = make_pipe(redis), make_pipe(redis)
     batcher = batching.Batcher(
-        redis, make_pipe(redis), timeout=config.redis_timeout, gate_interval=config.gate_interval,
+        redis, batch_pipe, timeout=config.redis_timeout, gate_interval=config.gate_interval,
         max_batch=config.max_batch, max_waiting=config.max_waiting,
         max_in_flight=config.max_in_flight, stats=stats, faults=errors,
         idempotency_ttl=config.idempotency_ttl, claims=not is_cluster(redis),
@@ -66,7 +68,7 @@ async def serve(config: Config, wiring: Wiring, abort: Callable[[], None] | None
         answer_timeout=config.redis_timeout + ANSWER_MARGIN,
     )
     registry = Registry(limits.max_connections)
-    reads = ReadBatcher(redis, make_pipe(redis), timeout=config.redis_timeout, faults=errors)
+    reads = ReadBatcher(redis, read_pipe, timeout=config.redis_timeout, faults=errors)
     app = SeckillApp(config, redis, batcher, reads, metrics.Board(wiring.metrics_dir), stats, registry, errors)
     logged = LoggedApp(app, config, rotator=index == 0) if app.logged else None  # worker 0 rotates
     front: App = app if logged is None else logged
@@ -132,9 +134,11 @@ async def serve(config: Config, wiring: Wiring, abort: Callable[[], None] | None
 
         publisher = [loop.call_soon(publish)]
     sweeper = loop.create_task(order_book.run_sweeper(redis, config.sweep_interval))
+    switches = loop.create_task(follow_switches(redis, [batch_pipe, read_pipe]))  # (Sentinel only)
     log.info("worker %d listening on %s", os.getpid(), where)
     await stop.wait()
     sweeper.cancel()
+    switches.cancel()
 
     # Graceful: stop accepting, answer what was read, close idle keep-alives, exit.
     deadline = loop.time() + config.graceful_timeout

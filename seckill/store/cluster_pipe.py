@@ -148,6 +148,13 @@ class ClusterPipe:
             self._give_up(commands, replies, [i for i, _ in pending])
         return replies
 
+    def reset(self, exc: BaseException) -> None:
+        """Drop every master's connection (what waits on them fails) and reload the slot
+        table before the next send."""
+        for pipe, _ in self._pipes.values():
+            pipe.reset(exc)
+        self._reload = True
+
     async def close(self) -> None:
         pipes, self._pipes = self._pipes, {}
         for pipe, pool in pipes.values():

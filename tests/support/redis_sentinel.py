@@ -50,7 +50,12 @@ class Node:
             raise RuntimeError(f"redis-server on {self.port} exited: {self.log_tail()}")
 
     def client(self) -> redis.Redis:
+        """Strings out (Sentinel and INFO replies)."""
         return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
+
+    def data(self) -> redis.Redis:
+        """Bytes out, as the helpers that read sales and streams expect."""
+        return redis.Redis(port=self.port, socket_timeout=5)
 
     def kill(self) -> None:
         if self.process is not None:

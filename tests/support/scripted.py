@@ -14,6 +14,7 @@ class ScriptedPipe:
     def __init__(self, behave: Callable[[Sequence[tuple[Any, ...]]], Any]) -> None:
         self.behave = behave
         self.calls: list[Sequence[tuple[Any, ...]]] = []
+        self.resets: list[BaseException] = []
 
     async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         self.calls.append(commands)
@@ -21,6 +22,9 @@ class ScriptedPipe:
         if inspect.isawaitable(result):  # (a coroutine, or a future that never resolves: `never`)
             result = await result
         return result  # type: ignore[no-any-return]
+
+    def reset(self, exc: BaseException) -> None:
+        self.resets.append(exc)
 
     async def close(self) -> None:
         pass

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 from seckill.admission import batcher as batching
 from seckill.admission.batcher import Batcher
@@ -296,3 +297,50 @@ def test_a_keyed_reply_answers_each_letter() -> None:
     assert [w.outcomes for w in asyncio.run(run())] == [
         [(outcomes.REPLAYED, 3)], [(outcomes.WON, 7)], [(outcomes.KEY_REUSED, 0)],
         [(outcomes.KEY_IN_FLIGHT, 0)], [(outcomes.SOLD_OUT, 0)]]
+
+
+# --- --replica-acks: WAIT after each pipeline -------------------------------------------
+
+def acked(replicas: Any, grant: bool = True) -> Callable[[Sequence[tuple[Any, ...]]], list[Any]]:
+    """Calls that win (or find it sold out), then the WAIT's reply: `replicas` (a count, or
+    a Redis error)."""
+    def behave(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        *calls, wait = commands
+        assert wait[0] == "WAIT" and all(c[0] == "EVALSHA" for c in calls), commands
+        replies = won(calls) if grant else [[b"0", b"0", b"1", b"tag", b""] for _ in calls]
+        return [*replies, replicas]
+    return behave
+
+
+@pytest.mark.parametrize(("replicas", "grant", "expected", "resets"), [
+    (2, True, outcomes.WON, 0),  # every replica has the batch: the win stands
+    (1, True, outcomes.WON, 0),  # as many as asked for
+    (0, True, outcomes.UNAVAILABLE, 1),  # a win no replica has: 503, and connect again
+    (ResponseError("ERR WAIT cannot be used with replica instances"), True, outcomes.UNAVAILABLE, 1),
+    (0, False, outcomes.SOLD_OUT, 1),  # granted nothing, changed nothing: answered as it is
+])
+def test_with_replica_acks_a_win_is_answered_only_once_enough_replicas_have_it(
+        replicas: Any, grant: bool, expected: int, resets: int) -> None:
+    async def run() -> tuple[list[Waiter], ScriptedPipe]:
+        batcher, pipe = make(acked(replicas, grant), replica_acks=1, ack_timeout=0.25)
+        waiters = [Waiter() for _ in range(4)]
+        for i, waiter in enumerate(waiters):
+            assert batcher.submit(f"item{i % 2}", b"", waiter)
+        await answers(waiters)
+        return waiters, pipe
+
+    waiters, pipe = asyncio.run(run())
+    assert all(w.outcomes[0][0] == expected for w in waiters), [w.outcomes for w in waiters]
+    assert all(call[-1] == ("WAIT", 1, 250) for call in pipe.calls)
+    assert len(pipe.resets) == resets * len(pipe.calls)  # once per short WAIT
+
+
+def test_without_replica_acks_no_wait_is_sent() -> None:
+    async def run() -> ScriptedPipe:
+        batcher, pipe = make(won)
+        waiter = Waiter()
+        assert batcher.submit("hat", b"", waiter)
+        await answers([waiter])
+        return pipe
+
+    assert [c[0] for c in asyncio.run(run()).calls[0]] == ["EVALSHA"]
