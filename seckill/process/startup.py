@@ -139,9 +139,9 @@ async def _log_replication(redis: Redis, acks: int) -> None:
                     "acknowledged wins and sell their units again (--replica-acks 1 loses none to a failover "
                     "that promotes an acknowledging replica)", replicas)
     elif acks < replicas:
-        log.warning("Redis replication: --replica-acks %d of %d replicas online: a failover that promotes "
-                    "one of the %d that may not have acknowledged can lose wins (see README)",
-                    acks, replicas, replicas - acks)
+        log.warning("Redis replication: --replica-acks %d of %d replicas online: a failover keeps every "
+                    "acknowledged win if it promotes the most up-to-date replica (Sentinel does, with equal "
+                    "replica-priority); one that promotes another can lose wins (see README)", acks, replicas)
     else:
         log.info("Redis replication: every win acknowledged by all %d replicas before it is answered", replicas)
     if replicas and floor < max(acks, 1):

@@ -78,6 +78,16 @@ def test_with_replica_acks_stalled_replicas_mean_503_never_an_unreplicated_200( 
     assert "ann" in {o["user"] for o in stream_orders(group.master.data(), "hat")}
 
 
+def test_the_start_up_line_says_what_a_failover_can_lose(start_server, group: SentinelGroup) -> None:  # type: ignore[no-untyped-def]
+    for acks, expected in [(0, "--replica-acks 0: a failover can lose the last acknowledged wins"),
+                           (1, "--replica-acks 1 of 2 replicas online"),
+                           (2, "every win acknowledged by all 2 replicas"),
+                           (3, "--replica-acks 3 but the master has 2 replicas online")]:
+        server = start_server("--replica-acks", str(acks), "--redis-timeout", "1", redis_url=group.url)
+        server.wait_for(lambda lines, expected=expected: any(expected in line for line in lines))
+        server.stop()
+
+
 @pytest.mark.parametrize("acks", [0, 1])
 def test_a_manual_failover_is_followed_on_the_announcement_not_when_the_old_master_is_demoted(  # type: ignore[no-untyped-def]
         start_server, group: SentinelGroup, acks: int) -> None:
