@@ -116,7 +116,7 @@ def main() -> None:
                 results[name].append(run_one(url, master, extra, args.connections, args.duration))
         print(f"one worker, one replica, AOF everysec; wrk -t1 -c{args.connections}, distinct users, every "
               f"request wins; {args.rounds} rounds × {args.duration:g} s, configurations alternating; medians")
-        print("| configuration | req/s | × acks 0 (per round) | p99 ms | requests per call | WAIT µs per call "
+        print("| configuration | req/s | × acks 0 (per round) | p99 ms | requests per call | WAITs a second "
               "| non-2xx |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         base = results[CONFIGS[0][0]]

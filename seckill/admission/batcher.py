@@ -27,11 +27,12 @@ They pass no gate (a retry of a win must find its record, whatever the stock is 
 while one is unanswered, the same buyer's same key is refused at once (KEY_IN_FLIGHT).
 
 With `replica_acks` N (--replica-acks), each pipeline ends with `WAIT N timeout` on the
-same connection: Redis answers it once N replicas have every write of this connection so
-far, or at the timeout with how many had. A call that granted or replayed a win is
-answered only if N did; otherwise UNAVAILABLE (the win is recorded on the master and may
-or may not survive a failover: its batch id, or its Idempotency-Key, makes a retry safe).
-A call that granted nothing changed nothing and is answered as it is. (A replay writes
+same connection (on a cluster, each master's write ends with one): Redis answers it once
+N replicas have every write of this connection so far, or at the timeout with how many
+had. A call that granted or replayed a win is answered only if N did; otherwise
+UNAVAILABLE (the win is recorded on the master and may or may not survive a failover: its
+batch id, or its Idempotency-Key, makes a retry safe). A call that granted nothing
+changed nothing and is answered as it is. (A replay writes
 again what it replays, so the WAIT covers it whichever connection first wrote it.)
 """
 
@@ -353,21 +354,27 @@ class Batcher:
         ]
         if not self._replica_acks:
             return await self._pipe.execute(commands)
-        replies = await self._pipe.execute([*commands, ("WAIT", self._replica_acks, self._ack_timeout_ms)])
-        acked = replies.pop()
-        if isinstance(acked, int) and acked >= self._replica_acks:
-            return replies
-        unacknowledged = ReplicaAckError(
-            f"WAIT answered {type(acked).__name__}: {acked}" if isinstance(acked, Exception) else
-            f"{acked} of {self._replica_acks} replicas acknowledged within {self._ack_timeout_ms} ms")
-        self._warn(unacknowledged, "batch(es) with wins not acknowledged by enough replicas")
-        # Too few replicas may mean this master was demoted by a failover and has not been
-        # told yet (Sentinel reconfigures an old master within seconds; until then it takes
-        # writes that will be dropped): the next batch connects again, and a Sentinel
-        # connection asks where the master is now. The batches behind this one fail with
-        # the connection and are sent once more on the new one (the Batcher's retry).
-        self._pipe.reset(unacknowledged)
-        return [unacknowledged if _holds_a_win(reply) else reply for reply in replies]
+        replies, acks = await self._pipe.execute_acked(commands, self._replica_acks, self._ack_timeout_ms)
+        short: ReplicaAckError | None = None
+        for index, acked in enumerate(acks):
+            if isinstance(acked, int) and acked >= self._replica_acks:
+                continue
+            if acked is None and isinstance(replies[index], BaseException):
+                continue  # never ran (a cluster gave it up): nothing to acknowledge
+            short = ReplicaAckError(
+                f"WAIT answered {type(acked).__name__}: {acked}" if isinstance(acked, Exception) else
+                f"{acked} of {self._replica_acks} replicas acknowledged within {self._ack_timeout_ms} ms")
+            if _holds_a_win(replies[index]):
+                replies[index] = short
+        if short is not None:
+            self._warn(short, "batch(es) with wins not acknowledged by enough replicas")
+            # Too few replicas may mean this master was demoted by a failover and has not
+            # been told yet (Sentinel reconfigures an old master within seconds; until then
+            # it takes writes that will be dropped): the next batch connects again, and a
+            # Sentinel connection asks where the master is now. The batches behind this one
+            # fail with the connection and are sent once more on the new one (the retry).
+            self._pipe.reset(short)
+        return replies
 
     def _keyed_command(self, item: str, batch_id: str, requests: Sequence[tuple[bytes, Waiter]],
                        keys: Sequence[str]) -> tuple[Any, ...]:

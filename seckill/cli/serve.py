@@ -12,7 +12,7 @@ from seckill.app.ratelimit import Rate
 from seckill.config import Config
 from seckill.exits import EXIT_USAGE, Fatal
 from seckill.ops import request_logs
-from seckill.store.client import cluster_nodes, valid_url
+from seckill.store.client import valid_url
 
 log = logging.getLogger("seckill")
 
@@ -98,8 +98,6 @@ def serve_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with flags that are each valid alone, or None."""
     if args.replica_ack_timeout is not None and args.replica_ack_timeout >= args.redis_timeout:
         return "--replica-ack-timeout must be below --redis-timeout (the batch's whole answer has to fit in it)"
-    if args.replica_acks and args.redis is not None and cluster_nodes(args.redis) is not None:
-        return "--replica-acks is not supported on a Redis Cluster yet (WAIT per master): use it with Sentinel"
     return None
 
 

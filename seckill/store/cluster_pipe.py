@@ -7,6 +7,9 @@ grouped by the master that owns their first key's slot (redis-py's slot table, s
 with the RedisCluster client), each group goes out as one write on that master's
 OrderedPipe, all masters at once, and the replies are put back in order.
 
+`execute_acked` ends each master's write with the Batcher's `WAIT` (--replica-acks) and
+gives each command the WAIT reply of the master that ran it.
+
 Redirections; a command is sent at most MAX_ROUNDS times in one call:
   MOVED        the slot has a new master: patch the slot table (redis-py's move_slot)
                and send the command there;
@@ -96,20 +99,32 @@ class ClusterPipe:
     async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send the commands, one write per master; their replies in order (a Redis error
         in its slot). Raises if no command got a reply because connections failed."""
+        return (await self._execute(commands, None))[0]
+
+    async def execute_acked(self, commands: Sequence[tuple[Any, ...]], replicas: int,
+                            timeout_ms: int) -> tuple[list[Any], list[Any]]:
+        """As execute(), each master's write ending with `WAIT replicas timeout_ms`; also,
+        per command, the WAIT reply of the master that ran it (a count, or an error)."""
+        return await self._execute(commands, ("WAIT", replicas, timeout_ms))
+
+    async def _execute(self, commands: Sequence[tuple[Any, ...]],
+                       wait: tuple[Any, ...] | None) -> tuple[list[Any], list[Any]]:
         replies: list[Any] = [None] * len(commands)
+        acks: list[Any] = [None] * len(commands)
         answered = [False] * len(commands)
         pending: list[tuple[int, str | None]] = [(i, None) for i in range(len(commands))]  # (index, ASK node)
         connection_retried: set[int] = set()
         for round_ in range(MAX_ROUNDS):
             if not pending:
-                return replies
+                return replies, acks
             await self._slot_table()
             groups: dict[str, list[tuple[int, bool]]] = {}
             for index, asked in pending:
                 node = asked or self._owner(commands[index])
                 groups.setdefault(node, []).append((index, asked is not None))
             outcomes = await asyncio.gather(
-                *(self._send(node, [(commands[i], ask) for i, ask in members]) for node, members in groups.items()),
+                *(self._send(node, [(commands[i], ask) for i, ask in members], wait)
+                  for node, members in groups.items()),
                 return_exceptions=True,
             )
             pending, pause = [], False
@@ -126,7 +141,9 @@ class ClusterPipe:
                             connection_retried.add(index)
                             pending.append((index, None))
                     continue
-                for (index, _), reply in zip(members, outcome, strict=True):
+                answers, waited = outcome
+                for (index, _), reply in zip(members, answers, strict=True):
+                    acks[index] = waited
                     if isinstance(reply, MovedError):  # (before AskError: it is one)
                         await self._moved(reply)
                         pending.append((index, None))
@@ -139,14 +156,14 @@ class ClusterPipe:
                     else:
                         replies[index], answered[index] = reply, True
             if failure is not None:
+                self._reload = True  # the failed master's slots may have failed over
                 if not any(answered):
                     raise failure  # as one Redis: the Batcher retries the whole batch once
-                self._reload = True  # the failed master's slots may have failed over
             if pending and pause and round_ < MAX_ROUNDS - 1:
                 await asyncio.sleep(RETRY_PAUSE)
         if pending:
             self._give_up(commands, replies, [i for i, _ in pending])
-        return replies
+        return replies, acks
 
     def reset(self, exc: BaseException) -> None:
         """Drop every master's connection (what waits on them fails) and reload the slot
@@ -187,22 +204,27 @@ class ClusterPipe:
         host, port = self._cluster.nodes_manager.remap_host_port(host, port)
         return f"{host}:{port}"
 
-    async def _send(self, node: str, commands: list[tuple[tuple[Any, ...], bool]]) -> list[Any]:
-        """One write to one node; `True` beside a command sends ASKING just before it."""
+    async def _send(self, node: str, commands: list[tuple[tuple[Any, ...], bool]],
+                    wait: tuple[Any, ...] | None) -> tuple[list[Any], Any]:
+        """One write to one node; `True` beside a command sends ASKING just before it, and
+        `wait` (a WAIT) ends the write. The replies, and the WAIT's (None without one)."""
         packed: list[tuple[Any, ...]] = []
         for command, ask in commands:
             if ask:
                 packed.append(("ASKING",))
             packed.append(command)
+        if wait is not None:
+            packed.append(wait)
         replies = await self._pipe(node).execute(packed)
-        if len(packed) == len(commands):
-            return replies
+        waited = replies.pop() if wait is not None else None
+        if len(replies) == len(commands):
+            return replies, waited
         out, at = [], 0
         for _, ask in commands:
             at += ask  # skip ASKING's +OK
             out.append(replies[at])
             at += 1
-        return out
+        return out, waited
 
     def _pipe(self, node: str) -> OrderedPipe:
         entry = self._pipes.get(node)

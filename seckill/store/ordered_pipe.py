@@ -73,6 +73,15 @@ class OrderedPipe:
             self.reset(RedisConnectionError("a batch was abandoned"))
             raise
 
+    async def execute_acked(self, commands: Sequence[tuple[Any, ...]], replicas: int,
+                            timeout_ms: int) -> tuple[list[Any], list[Any]]:
+        """As execute(), the write ending with `WAIT replicas timeout_ms`: Redis answers it
+        once that many replicas have every write of this connection so far. Also, per
+        command, the WAIT's reply (a count, or an error)."""
+        replies = await self.execute([*commands, ("WAIT", replicas, timeout_ms)])
+        waited = replies.pop()
+        return replies, [waited] * len(replies)
+
     def reset(self, exc: BaseException) -> None:
         """Fail every waiting batch and drop the connection (reconnected on next use)."""
         waiting, self._waiting = self._waiting, deque()

@@ -7,8 +7,6 @@ turn wins into 503s, never into an unrecorded 200."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import random
 import subprocess
 import sys
 import time
@@ -17,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from seckill.sales import sale_store
+from support.buyers import buyers, check
 from support.helpers import ROOT, create_sale, poll, stream_orders
-from support.http_client import Conn, close_writer, read_one
+from support.http_client import Conn
 from support.redis_sentinel import NAME, SentinelGroup, started
 
 
@@ -117,44 +114,6 @@ RETRY = 0.2  # a 503's outcome is unknown: the same buyer asks again after this
 FAILOVERS = 3
 
 
-async def _buyers(port: int, going: asyncio.Event, history: list[tuple[str, int, dict[str, Any]]]) -> None:
-    """CONNECTIONS keep-alive connections, each buying as a new buyer every PACE seconds
-    until `going` is cleared; a buyer asks again until it has an answer other than 503."""
-    names = itertools.count()
-
-    async def connection() -> None:
-        reader = writer = None
-        buf = b""
-        await asyncio.sleep(random.random() * PACE)  # spread the connections over the pace
-        while going.is_set():
-            user = f"b{next(names)}"
-            while going.is_set():
-                try:
-                    if writer is None:
-                        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                        buf = b""
-                    writer.write(f"GET /seckill/hat?user={user} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-                    response, buf = await asyncio.wait_for(read_one(reader, buf), 10)
-                except (TimeoutError, OSError, asyncio.IncompleteReadError, ConnectionError):
-                    if writer is not None:
-                        await close_writer(writer)
-                    reader = writer = None
-                    await asyncio.sleep(RETRY)
-                    continue
-                history.append((user, response.status, response.json()))
-                if response.headers.get("connection") == "close":
-                    await close_writer(writer)
-                    reader = writer = None
-                if response.status != 503:
-                    break
-                await asyncio.sleep(RETRY)
-            await asyncio.sleep(PACE)
-        if writer is not None:
-            await close_writer(writer)
-
-    await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
-
-
 def _run_failovers(server_port: int, group: SentinelGroup) -> tuple[list[tuple[str, int, dict[str, Any]]], list[float]]:
     """FAILOVERS kill -9s of the master under load, each old master restarted as a replica;
     then the load goes on until the sale is sold out. Returns every answer and, per
@@ -168,7 +127,7 @@ def _run_failovers(server_port: int, group: SentinelGroup) -> tuple[list[tuple[s
     async def run() -> None:
         going = asyncio.Event()
         going.set()
-        load = asyncio.create_task(_buyers(server_port, going, history))
+        load = asyncio.create_task(buyers(server_port, going, history, CONNECTIONS, PACE, RETRY))
         try:
             for _ in range(FAILOVERS):
                 seen = len(history)
@@ -191,18 +150,6 @@ def _run_failovers(server_port: int, group: SentinelGroup) -> tuple[list[tuple[s
     return history, windows
 
 
-def _check(history: list[tuple[str, int, dict[str, Any]]], client: redis.Redis) -> dict[str, int]:
-    orders = stream_orders(client, "hat")
-    sold = int(client.hget(sale_store.sale_key("hat"), "sold"))
-    acknowledged = {(u, b["order"], b["seq"]) for u, s, b in history if s == 200}
-    recorded = {(o["user"], o["order"], o["seq"]) for o in orders}
-    return {"acknowledged": len(acknowledged), "lost": len(acknowledged - recorded), "recorded": len(recorded),
-            "sold": sold, "503s": sum(1 for _, s, _ in history if s == 503),
-            "duplicate seqs": len(orders) - len({o["seq"] for o in orders}),
-            "duplicate buyers": len(orders) - len({o["user"] for o in orders}),
-            "sold minus orders": sold - len(orders)}
-
-
 @pytest.mark.parametrize("acks", [1, 0])
 def test_failovers_under_load_lose_no_acknowledged_win_with_replica_acks(start_server, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                                         acks: int) -> None:
@@ -219,7 +166,7 @@ def test_failovers_under_load_lose_no_acknowledged_win_with_replica_acks(start_s
                 print(f"redis {node.port} ({'up' if node.process else 'down'}): {node.log_tail()}")
             raise
         group.wait_ready()
-        figures = _check(history, group.master.data())
+        figures = check(history, group.master.data())
         print(f"\nreplica-acks {acks}: {FAILOVERS} failovers, 503 windows "
               f"{', '.join(f'{w:.1f} s' for w in windows)}; {figures}; answers {Counter(s for _, s, _ in history)}")
         assert figures["duplicate seqs"] == 0 and figures["duplicate buyers"] == 0, figures
@@ -244,7 +191,8 @@ def test_a_bad_sentinel_url_is_one_line_and_exit_2(url: str) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--replica-acks", "1", "--redis", "redis+cluster://127.0.0.1:7000"], "not supported on a Redis Cluster"),
+    (["--replica-acks", "17"], "--replica-acks"),
+    (["--replica-ack-timeout", "0"], "--replica-ack-timeout"),
     (["--replica-ack-timeout", "2", "--redis-timeout", "1"], "must be below --redis-timeout"),
 ])
 def test_replica_ack_settings_that_cannot_work_are_refused(args: list[str], message: str) -> None:

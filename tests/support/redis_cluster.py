@@ -1,5 +1,6 @@
-"""A real Redis Cluster for the tests: three masters (no replicas) from the bundled
-`redis-server`, on free loopback ports under a temporary directory.
+"""A real Redis Cluster for the tests: three masters from the bundled `redis-server`, on
+free loopback ports under a temporary directory; optionally a replica per master, which the
+cluster promotes when its master dies (`kill_master`, `wait_failover`).
 
 Slots are split in three with CLUSTER ADDSLOTS (Redis 6.2 has no ADDSLOTSRANGE), the nodes
 are introduced with CLUSTER MEET, and `start()` returns once every node says
@@ -51,9 +52,10 @@ def _free_cluster_port() -> int:
 class Node:
     """One cluster-enabled redis-server child process."""
 
-    def __init__(self, binary: str, data_dir: Path) -> None:
+    def __init__(self, binary: str, data_dir: Path, node_timeout_ms: int = 5000) -> None:
         self.binary = binary
         self.data_dir = data_dir
+        self.node_timeout_ms = node_timeout_ms
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.client: redis.Redis | None = None
@@ -67,7 +69,7 @@ class Node:
             process = subprocess.Popen(
                 [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                  "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf",
-                 "--cluster-node-timeout", "5000", "--appendonly", "no", "--save", "",
+                 "--cluster-node-timeout", str(self.node_timeout_ms), "--appendonly", "no", "--save", "",
                  "--daemonize", "no", "--logfile", str(log)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
             )
@@ -83,6 +85,17 @@ class Node:
             process.wait()
         raise ClusterStartError(f"cluster node did not start; see {self.data_dir}")
 
+    def restart(self, timeout: float = 10.0) -> None:
+        """Start a killed node again on its port with its nodes.conf: it rejoins the cluster
+        (a former master as a replica of the one promoted in its place)."""
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+             "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf",
+             "--cluster-node-timeout", str(self.node_timeout_ms), "--appendonly", "no", "--save", "",
+             "--daemonize", "no", "--logfile", str(self.data_dir / f"redis-{self.port}.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+        poll(lambda: ping("127.0.0.1", self.port).startswith(b"+PONG"), f"node {self.port} back", timeout)
+
     def stop(self) -> None:
         if self.client is not None:
             self.client.close()
@@ -96,13 +109,19 @@ class Node:
 
 
 class RedisCluster:
-    """Three masters on loopback; `url` is the server's --redis for them."""
+    """Three masters on loopback (`nodes`, by index), each with `replicas` replicas
+    (`replicas_of[index]`); `url` is the server's --redis for them."""
 
-    def __init__(self, data_dir: Path, masters: int = 3, binary: str | None = None) -> None:
+    def __init__(self, data_dir: Path, masters: int = 3, binary: str | None = None, replicas: int = 0,
+                 node_timeout_ms: int = 5000) -> None:
         self.binary = binary or find_redis_server()
         self.data_dir = data_dir
         self.nodes: list[Node] = []
         self.masters = masters
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.replicas_of: list[list[Node]] = []
+        self.dead: list[Node] = []
 
     @property
     def url(self) -> str:
@@ -113,7 +132,7 @@ class RedisCluster:
             raise ClusterStartError("no redis-server binary")
         try:
             for i in range(self.masters):
-                node = Node(self.binary, self.data_dir / f"node{i}")
+                node = Node(self.binary, self.data_dir / f"node{i}", self.node_timeout_ms)
                 self.nodes.append(node)
                 node.start()
             per = SLOTS // self.masters
@@ -125,12 +144,100 @@ class RedisCluster:
             for node in self.nodes[1:]:
                 first.execute_command("CLUSTER MEET", "127.0.0.1", node.port)
             self.wait_agreed(timeout)
+            if self.replicas:
+                self._add_replicas(timeout)
         except BaseException:
             self.stop()
             raise
 
+    def _add_replicas(self, timeout: float) -> None:
+        assert self.binary is not None
+        for i in range(len(self.nodes)):
+            mine = [Node(self.binary, self.data_dir / f"node{i}r{r}", self.node_timeout_ms)
+                    for r in range(self.replicas)]
+            self.replicas_of.append(mine)
+            for replica in mine:
+                replica.start()
+                self.client(0).execute_command("CLUSTER MEET", "127.0.0.1", replica.port)
+        total = len(self.all_nodes())
+        poll(lambda: all(_known(n) == total for n in self.all_nodes()), "every node to know every other", timeout,
+             every=0.02)
+        for master, mine in zip(self.nodes, self.replicas_of, strict=True):
+            for replica in mine:
+                assert replica.client is not None
+                replica.client.execute_command("CLUSTER REPLICATE", master.node_id)
+        poll(self._replicas_online, "every replica online with its master", timeout, every=0.02)
+        self.wait_agreed(timeout)
+
+    def _replicas_online(self) -> bool:
+        for master, mine in zip(self.nodes, self.replicas_of, strict=True):
+            info = self.client(self.nodes.index(master)).info("replication")
+            if info.get("connected_slaves", 0) != len(mine) or any(
+                    info[f"slave{r}"]["state"] != "online" for r in range(len(mine))):
+                return False
+        return True
+
+    def all_nodes(self) -> list[Node]:
+        return [*self.nodes, *(r for mine in self.replicas_of for r in mine)]
+
+    def kill_master(self, index: int) -> Node:
+        """kill -9 master `index` (it has a replica): the cluster will promote one."""
+        node = self.nodes[index]
+        assert self.replicas_of and self.replicas_of[index], "a master without a replica"
+        if node.process is not None:
+            node.process.kill()
+            node.process.wait()
+            node.process = None
+        self.dead.append(node)
+        return node
+
+    def wait_failover(self, index: int, timeout: float = 30.0) -> Node:
+        """Until a replica of dead master `index` is a master every live node agrees on,
+        with the cluster ok; then it is `nodes[index]`."""
+        dead = self.nodes[index]
+
+        def promoted() -> Node | None:
+            for replica in self.replicas_of[index]:
+                assert replica.client is not None
+                try:
+                    if replica.client.info("replication").get("role") != "master":
+                        continue
+                    for node in self.all_nodes():
+                        if node is dead or node.client is None or node.process is None:
+                            continue
+                        info = node.client.execute_command("CLUSTER INFO")
+                        if info.get("cluster_state") != "ok":
+                            return None
+                        owners = set(self.slot_owners_of(node).values())
+                        if dead.node_id in owners or replica.node_id not in owners:
+                            return None
+                    return replica
+                except (redis.RedisError, OSError):
+                    return None
+            return None
+
+        replica = poll(promoted, "a replica promoted by the cluster", timeout, every=0.05)
+        self.replicas_of[index].remove(replica)
+        self.nodes[index] = replica
+        return replica
+
+    def rejoin(self, index: int, node: Node) -> None:
+        """Restart dead `node` as a replica of master `index` (the one promoted in its place)
+        and wait until that master has it online."""
+        node.restart()
+        self.dead.remove(node)
+        self.replicas_of[index].append(node)
+        poll(self._replicas_online, "the old master back as a replica", 30, every=0.05)
+
+    def slot_owners_of(self, node: Node) -> dict[int, str]:
+        assert node.client is not None
+        owners: dict[int, str] = {}
+        for first, last, master, *_ in node.client.execute_command("CLUSTER SLOTS"):
+            owners.update(dict.fromkeys(range(int(first), int(last) + 1), master[2].decode()))
+        return owners
+
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in [*self.all_nodes(), *self.dead]:
             node.stop()
 
     def client(self, index: int) -> redis.Redis:
@@ -146,11 +253,13 @@ class RedisCluster:
         return owners
 
     def _agreed(self) -> bool:
-        for i in range(len(self.nodes)):
-            info = self.client(i).execute_command("CLUSTER INFO")  # (parsed into a dict)
-            if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) != len(self.nodes):
+        known = len(self.all_nodes()) + len(self.dead)
+        for node in self.all_nodes():
+            assert node.client is not None
+            info = node.client.execute_command("CLUSTER INFO")  # (parsed into a dict)
+            if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) != known:
                 return False
-        tables = [self.slot_owners(i) for i in range(len(self.nodes))]
+        tables = [self.slot_owners_of(node) for node in self.all_nodes()]
         return len(tables[0]) == SLOTS and all(t == tables[0] for t in tables[1:])
 
     def wait_agreed(self, timeout: float = 30.0) -> None:
@@ -203,6 +312,11 @@ class RedisCluster:
         """Move `slot` and its keys to node `target`; the number of keys moved."""
         source = self.begin_migration(slot, target)
         return self.finish_migration(slot, source, target)
+
+
+def _known(node: Node) -> int:
+    assert node.client is not None
+    return int(node.client.execute_command("CLUSTER INFO").get("cluster_known_nodes", 0))
 
 
 def keyslot(key: str) -> int:

@@ -23,6 +23,13 @@ class ScriptedPipe:
             result = await result
         return result  # type: ignore[no-any-return]
 
+    async def execute_acked(self, commands: Sequence[tuple[Any, ...]], replicas: int,
+                            timeout_ms: int) -> tuple[list[Any], list[Any]]:
+        """As OrderedPipe's: the WAIT is the last command the test's function sees."""
+        replies = await self.execute([*commands, ("WAIT", replicas, timeout_ms)])
+        waited = replies.pop()
+        return replies, [waited] * len(replies)
+
     def reset(self, exc: BaseException) -> None:
         self.resets.append(exc)
 
