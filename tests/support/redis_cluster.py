@@ -65,14 +65,7 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # another process may take the port before Redis binds it
             self.port = _free_cluster_port()
-            log = self.data_dir / f"redis-{self.port}.log"
-            process = subprocess.Popen(
-                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf",
-                 "--cluster-node-timeout", str(self.node_timeout_ms), "--appendonly", "no", "--save", "",
-                 "--daemonize", "no", "--logfile", str(log)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
-            )
+            process = self._spawn()
             deadline = time.monotonic() + timeout
             while process.poll() is None and time.monotonic() < deadline:
                 if ping("127.0.0.1", self.port).startswith(b"+PONG"):
@@ -85,15 +78,18 @@ class Node:
             process.wait()
         raise ClusterStartError(f"cluster node did not start; see {self.data_dir}")
 
-    def restart(self, timeout: float = 10.0) -> None:
-        """Start a killed node again on its port with its nodes.conf: it rejoins the cluster
-        (a former master as a replica of the one promoted in its place)."""
-        self.process = subprocess.Popen(
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
              "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf",
              "--cluster-node-timeout", str(self.node_timeout_ms), "--appendonly", "no", "--save", "",
              "--daemonize", "no", "--logfile", str(self.data_dir / f"redis-{self.port}.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Start a killed node again on its port with its nodes.conf: it rejoins the cluster
+        (a former master as a replica of the one promoted in its place)."""
+        self.process = self._spawn()
         poll(lambda: ping("127.0.0.1", self.port).startswith(b"+PONG"), f"node {self.port} back", timeout)
 
     def stop(self) -> None:
