@@ -19,6 +19,7 @@ import loadgen
 import lookup_cost
 import pyspy
 import redis
+import replica_acks
 from report import (
     METRICS_TOOL,
     SWEEP_TOOL,
@@ -237,6 +238,16 @@ def measure_buyers(bench: Bench, redis_url: str) -> None:
         redis_url, bench.log_dir, options, server_cpus=bench.pin.server,
         client_cpus=bench.pin.client, wait_quiet=bench.wait_quiet, record=bench.record_command,
         note=bench.note)
+
+
+def measure_replicas(bench: Bench, redis_url: str) -> None:
+    """bench/replica_acks.py inside the run: its own servers and a replica of this Redis."""
+    print("admission with --replica-acks 1 against 0, one replica (bench/replica_acks.py)")
+    options = dataclasses.replace(replica_acks.Options(), seconds=bench.args.replica_seconds,
+                                  rounds=bench.args.replica_rounds, connections=bench.args.connections)
+    bench.findings.replicas = replica_acks.measure(
+        redis_url, bench.log_dir, options, server_cpus=bench.pin.server, client_cpus=bench.pin.client,
+        redis_cpus=bench.pin.redis, wait_quiet=bench.wait_quiet, record=bench.record_command, note=bench.note)
 
 
 def server_limits(bench: Bench) -> list[str]:

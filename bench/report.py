@@ -177,6 +177,41 @@ class BuyerCost:
         return statistics.median(pairs) if pairs else 0.0
 
 
+# bench/replica_acks.py: the row with a target, and the target (× --replica-acks 0, same round).
+REPLICA_BOUND = 0.8
+REPLICA_ROW = "acks1"
+
+
+@dataclasses.dataclass
+class AckRow:
+    name: str  # the configuration's key in replica_acks.CONFIGS
+    what: str
+    rps: list[float] = dataclasses.field(default_factory=list)  # one per round
+    p99_ms: list[float] = dataclasses.field(default_factory=list)
+    batch: list[float] = dataclasses.field(default_factory=list)  # requests per script call
+    waits_per_s: list[float] = dataclasses.field(default_factory=list)
+    non2xx: int = 0
+    errors: int = 0
+
+
+@dataclasses.dataclass
+class ReplicaAcks:
+    seconds: float
+    rounds: int
+    connections: int
+    rows: list[AckRow] = dataclasses.field(default_factory=list)
+    skipped: str = ""
+
+    def row(self, name: str) -> AckRow:
+        return next(r for r in self.rows if r.name == name)
+
+    def ratio(self, name: str) -> float:
+        """Median over rounds of the row's req/s over the first row's (acks 0), same round."""
+        base = self.rows[0]
+        pairs = [a / b for a, b in zip(self.row(name).rps, base.rps, strict=False) if b]
+        return statistics.median(pairs) if pairs else 0.0
+
+
 @dataclasses.dataclass
 class Findings:
     date: str
@@ -191,6 +226,7 @@ class Findings:
     sale: list[SaleRun] = dataclasses.field(default_factory=list)  # the runs of (f) and (g)
     lookup: LookupCost | None = None
     buyers: BuyerCost | None = None  # bench/buyer_cost.py
+    replicas: ReplicaAcks | None = None  # bench/replica_acks.py
     commands: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -299,6 +335,10 @@ def targets(findings: Findings) -> list[tuple[str, str, bool | None]]:
         for name, bound in BUYER_BOUNDS.items():
             row = buyers.row(name)
             checks.append((f"{row.what} ≥ {bound:g}× {row.against}", buyers.ratio(name), bound, True))
+    replicas = findings.replicas
+    if replicas is not None and not replicas.skipped and replicas.rows:
+        checks.append((f"admission with one replica and --replica-acks 1 ≥ {REPLICA_BOUND:g}× acks 0",
+                       replicas.ratio(REPLICA_ROW), REPLICA_BOUND, True))
     out: list[tuple[str, str, bool | None]] = []
     for label, value, bound, at_least in checks:
         if value is None:
@@ -472,6 +512,32 @@ def buyer_section(findings: Findings) -> str:
             + buyer_table(buyers))
 
 
+def replica_table(found: ReplicaAcks) -> str:
+    lines = ["| configuration | req/s (median) | × acks 0 (rounds) | p99 ms | requests per script call "
+             "| WAITs a second |", "|---|---:|---:|---:|---:|---:|"]
+    base = found.rows[0]
+    for row in found.rows:
+        rounds = ", ".join(f"{a / b:.2f}" for a, b in zip(row.rps, base.rps, strict=False) if b)
+        lines.append(f"| {row.what} | {statistics.median(row.rps):,.0f} | {found.ratio(row.name):.3f} ({rounds}) "
+                     f"| {statistics.median(row.p99_ms):.1f} | {statistics.median(row.batch):.1f} "
+                     f"| {statistics.median(row.waits_per_s):,.0f} |")
+    return "\n".join(lines)
+
+
+def replica_section(findings: Findings) -> str:
+    replicas = findings.replicas
+    if replicas is None:
+        return "Not run."
+    if replicas.skipped:
+        return f"Not measured: {replicas.skipped}"
+    reached = replicas.ratio(REPLICA_ROW) >= REPLICA_BOUND
+    return (f"bench/replica_acks.py: the bench's Redis with one replica attached for this section; "
+            f"one-worker servers pinned as the rows, `wrk -t1 -c{replicas.connections}` distinct users, "
+            f"{replicas.rounds} rounds of {replicas.seconds:g} s each, the order alternating; a sale of "
+            "10¹² units, so every batch needs its WAIT. Target: the default (2 batches in flight) "
+            f"≥ {REPLICA_BOUND:g}× acks 0: {'**yes**' if reached else '**no**'}.\n\n" + replica_table(replicas))
+
+
 def lookup_section(findings: Findings) -> str:
     lookup = findings.lookup
     if lookup is None:
@@ -552,6 +618,7 @@ def render(findings: Findings, picture: str | None = None) -> str:
         "## Metrics on vs off\n\n" + metrics_section(findings),
         "## Order lookups beside purchases\n\n" + lookup_section(findings),
         "## Signed buyers and rate limits\n\n" + buyer_section(findings),
+        "## Replica acknowledgements\n\n" + replica_section(findings),
         "## Targets\n\n" + targets_table(findings),
         "## Exactness (bounded stock)\n\n" + (
             exactness_table(findings.exactness) if findings.exactness else "Not run."
@@ -641,6 +708,10 @@ def from_json(text: str) -> Findings:
         buyers = _known(BuyerCost, fields["buyers"])
         buyers["rows"] = [BuyerRow(**r) for r in buyers.get("rows", [])]
         fields["buyers"] = BuyerCost(**buyers)
+    if fields.get("replicas"):
+        replicas = _known(ReplicaAcks, fields["replicas"])
+        replicas["rows"] = [AckRow(**r) for r in replicas.get("rows", [])]
+        fields["replicas"] = ReplicaAcks(**replicas)
     fields["commands"] = [tuple(c) for c in fields.get("commands", [])]
     if fields.get("profile"):
         profile = _known(Profile, fields["profile"])

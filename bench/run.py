@@ -51,6 +51,11 @@ servers, pinned as the rows, on this Redis: admission with `--auth jwt` HS256 an
 sold out with HS256, each as a ratio to the plain server in the same round; and the
 first-use verification cost per algorithm.
 
+Replica acknowledgements (bench/replica_acks.py, `--skip replicas`): one replica attached
+to this Redis for the section only, one-worker servers with --replica-acks 0 and 1 (1, 2
+and 4 batches in flight), admission by distinct users, each a ratio to acks 0 in the same
+round (target >= 0.8 for the default), with requests per script call and WAITs a second.
+
 The connection sweep: req/s of (a) and (d) with one URL (the README's headline load)
 at `wrk -t1 -c N`, N = 10, 100, 1000 (`--sweep`), each contender while it is up. Its
 points are shorter (3 runs of 5 s, `--sweep-duration`, `--sweep-repeat`) and have no
@@ -94,7 +99,14 @@ from pathlib import Path
 import loadgen
 import machine
 import plot
-from contenders import measure_buyers, measure_lookup, measure_nginx, measure_seckill, measure_seed
+from contenders import (
+    measure_buyers,
+    measure_lookup,
+    measure_nginx,
+    measure_replicas,
+    measure_seckill,
+    measure_seed,
+)
 from loadgen import LoadError
 from report import (
     Findings,
@@ -140,13 +152,13 @@ from services import (
 
 QUICK = {"duration": 3.0, "warmup": 1.0, "ab_requests": 5000, "exact_seconds": 2.0, "repeat": 1,
          "sweep_duration": 2.0, "sweep_repeat": 1, "lookup_seconds": 2.0, "lookup_rounds": 1,
-         "buyer_seconds": 2.0, "buyer_rounds": 1}
+         "buyer_seconds": 2.0, "buyer_rounds": 1, "replica_seconds": 2.0, "replica_rounds": 1}
 # The sweep's points are shorter than the main rows' (5 s, not 10 s) to keep the full run
 # near 9 minutes (7.5 before (f), (g) and the lookup cost's ~40 s each; more with a busy
 # neighbour); the median of 3 still stands for each. The lookup cost's runs are 5 s too.
 FULL = {"duration": 10.0, "warmup": 2.0, "ab_requests": 20000, "exact_seconds": 3.0, "repeat": 3,
         "sweep_duration": 5.0, "sweep_repeat": 3, "lookup_seconds": 5.0, "lookup_rounds": 3,
-        "buyer_seconds": 5.0, "buyer_rounds": 3}
+        "buyer_seconds": 5.0, "buyer_rounds": 3, "replica_seconds": 5.0, "replica_rounds": 3}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -225,13 +237,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"rounds over the servers, the order alternating (default {FULL['buyer_rounds']}, "
                              f"--quick {QUICK['buyer_rounds']})")
 
+    replicas = parser.add_argument_group("replica acknowledgements (bench/replica_acks.py)")
+    replicas.add_argument("--replica-seconds", type=float, metavar="SECONDS",
+                          help=f"each run (default {FULL['replica_seconds']:g}, --quick {QUICK['replica_seconds']:g})")
+    replicas.add_argument("--replica-rounds", type=int, metavar="N",
+                          help=f"rounds over the servers, the order alternating (default "
+                               f"{FULL['replica_rounds']}, --quick {QUICK['replica_rounds']})")
+
     what = parser.add_argument_group("what to run")
     what.add_argument("--skip", default="", metavar="LIST",
                       help="comma-separated parts to leave out: seckill, seed, nginx, ab, exact, "
                            "sweep (the connection sweep), metrics (the --no-metrics row), "
                            "sale ((f) and (g), bounded stock), lookup (order lookups beside "
                            "purchases, bench/lookup_cost.py), buyers (--auth jwt and rate limits, "
-                           "bench/buyer_cost.py)")
+                           "bench/buyer_cost.py), replicas (--replica-acks, bench/replica_acks.py)")
     what.add_argument("--exact-stock", type=int, default=1000, metavar="N",
                       help="units of the exactness sales")
     what.add_argument("--exact-seconds", type=float, metavar="SECONDS",
@@ -280,11 +299,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError:
         parser.error(f"--sweep wants numbers separated by commas, not {args.sweep!r}")
     if args.duration <= 0 or args.sweep_duration <= 0 or args.lookup_seconds <= 0 or \
-            args.buyer_seconds <= 0 or min(args.connections, args.threads, args.repeat, args.sweep_repeat,
-                                           args.sale_stock, args.lookup_rounds, args.buyer_rounds) < 1:
+            args.buyer_seconds <= 0 or args.replica_seconds <= 0 or \
+            min(args.connections, args.threads, args.repeat, args.sweep_repeat, args.sale_stock,
+                args.lookup_rounds, args.buyer_rounds, args.replica_rounds) < 1:
         parser.error("--duration, --sweep-duration, --connections, --threads, --repeat, "
                      "--sweep-repeat, --sale-stock, --lookup-seconds, --lookup-rounds, "
-                     "--buyer-seconds and --buyer-rounds must be positive")
+                     "--buyer-seconds, --buyer-rounds, --replica-seconds and --replica-rounds must be positive")
     if min(args.connections, *args.sweep) < args.threads:
         parser.error("wrk needs at least one connection per thread (--connections, --sweep)")
     if args.pin != "none" and ((os.cpu_count() or 1) < 2 or not shutil.which("taskset")):
@@ -370,6 +390,8 @@ def benchmark(args: argparse.Namespace) -> int:
             run_step(bench, "lookup", lambda: measure_lookup(bench, store.url))
         if "buyers" not in args.skip:
             run_step(bench, "buyers", lambda: measure_buyers(bench, store.url))
+        if "replicas" not in args.skip:
+            run_step(bench, "replicas", lambda: measure_replicas(bench, store.url))
         if "seed" not in args.skip:
             run_step(bench, "seed", lambda: measure_seed(bench, store.url))
         if "nginx" not in args.skip:
@@ -435,9 +457,14 @@ def settings_summary(args: argparse.Namespace) -> dict[str, str]:
             f"bench/buyer_cost.py: {args.buyer_rounds} rounds of {args.buyer_seconds:g} s on each of its "
             "servers (plain, --auth jwt HS256 / ES256, rate limits; admission and sold out), the order "
             "alternating, pinned as the rows, this Redis"),
+        "replica acknowledgements": (
+            "not run" if "replicas" in args.skip else
+            f"bench/replica_acks.py: {args.replica_rounds} rounds of {args.replica_seconds:g} s on each of "
+            "its servers (--replica-acks 0, and 1 with 1, 2, 4 batches in flight), the order alternating, "
+            "pinned as the rows, this Redis with one replica attached for the section"),
         "order": "one contender at a time: seckill (a, a/e alternating, b, f/g, ab, sweep, "
                  "exactness), the lookup cost (its own server), the buyer cost (its own servers), "
-                 "seed, nginx (d, sweep)",
+                 "the replica acks (its own servers and replica), seed, nginx (d, sweep)",
     }
 
 
