@@ -20,6 +20,7 @@ import lookup_cost
 import pyspy
 import redis
 import replica_acks
+import storm
 from report import (
     METRICS_TOOL,
     SWEEP_TOOL,
@@ -34,6 +35,8 @@ from runner import (
     EXACT_AB_ITEM,
     EXACT_WRK_ITEM,
     FD_HEADROOM,
+    GATEWAY_ADMIT_ITEM,
+    GATEWAY_SOLD_OUT_ITEM,
     METRICS_REPEAT,
     NO_METRICS_FLAG,
     OUT_DIR,
@@ -53,8 +56,11 @@ from services import (
     admin,
     command_line,
     create_sale,
+    gateway_missing,
+    gateway_sale,
     http_get,
     nginx_ceiling,
+    openresty_gateway,
     seckill_server,
     seed_stack,
     taskset,
@@ -85,11 +91,12 @@ def measure_seckill(bench: Bench, redis_url: str) -> None:
         bench.series("b", "wrk", "(b) sold out", sold_out_url, evalsha=evalsha, expect_non2xx=True)
         bench.series("b", "wrk1", "(b) sold out, one URL", sold_out_url, evalsha=evalsha,
                      expect_non2xx=True)
+        connection_sweep(bench, "b", "(b) sold out", sold_out_url, evalsha, expect_non2xx=True)
         if "sale" not in bench.args.skip:
             measure_sale(bench, base, redis_url, evalsha)
         if "ab" not in bench.args.skip:
             bench.series("a", "ab", "(a) admission, no keep-alive", admit_url, evalsha=evalsha)
-        connection_sweep(bench, "a", "(a) admission, one URL", admit_url, evalsha)
+        connection_sweep(bench, "a", "(a) admission", admit_url, evalsha)
 
         if "exact" not in bench.args.skip:
             check_exactness(bench, base, redis_url)
@@ -250,6 +257,15 @@ def measure_replicas(bench: Bench, redis_url: str) -> None:
         redis_cpus=bench.pin.redis, wait_quiet=bench.wait_quiet, record=bench.record_command, note=bench.note)
 
 
+def measure_storm(bench: Bench, redis_url: str) -> None:
+    """bench/storm.py inside the run: its own contenders, started afresh, on this Redis."""
+    print("the sale-start storm (bench/storm.py)")
+    options = storm.Options(bench.args.storm_connections, bench.args.storm_repeat, bench.args.nginx)
+    bench.findings.storm = storm.measure(
+        redis_url, bench.log_dir, bench.work_dir, options, server_cpus=bench.pin.server,
+        client_cpus=bench.pin.client, wait_quiet=bench.wait_quiet, record=bench.record_command, note=bench.note)
+
+
 def server_limits(bench: Bench) -> list[str]:
     """Flags the server needs for the sweep's largest point: none while its default
     --max-connections (per worker) covers it, which is what we want to measure."""
@@ -296,10 +312,10 @@ def admission_metrics_off(bench: Bench, redis_url: str, admit_url: str, extra: l
 
 
 def connection_sweep(bench: Bench, contender: str, label: str, url: str,
-                     evalsha: EvalshaCounter | None = None) -> None:
-    """req/s of one URL at each --sweep connection count (shorter runs than the main rows, no
-    warm-up: the contender has just served the main rows); the count the main table ran at
-    reuses the main table's one-URL row."""
+                     evalsha: EvalshaCounter | None = None, expect_non2xx: bool = False) -> None:
+    """req/s, distinct users, at each --sweep connection count (shorter runs than the main
+    rows, no warm-up: the contender has just served the main rows); the count the main table
+    ran at reuses the main table's row."""
     if "sweep" in bench.args.skip:
         return
     fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -317,7 +333,8 @@ def connection_sweep(bench: Bench, contender: str, label: str, url: str,
         bench.findings.sweep += bench.measure_rows(
             SWEEP_TOOL, [Arm(contender, f"{label}, {connections} connections", url)],
             evalsha=evalsha, connections=connections, duration=bench.args.sweep_duration,
-            repeat=bench.args.sweep_repeat, warm_up=False)  # warm: it has just served the main rows
+            repeat=bench.args.sweep_repeat, warm_up=False,  # warm: it has just served the main rows
+            expect_non2xx=expect_non2xx)
 
 
 def check_exactness(bench: Bench, base: str, redis_url: str) -> None:
@@ -431,8 +448,49 @@ def measure_nginx(bench: Bench) -> None:
             bench.skip("d", tool, f"nginx not found at {bench.args.nginx}")
         return
     with nginx_ceiling(bench.tools.nginx, bench.work_dir / "nginx", bench.log_dir,
-                       bench.pin.server) as (service, port):
+                       bench.pin.server, largest_load(bench)) as (service, port):
         bench.record_command("nginx ceiling (config: bench/nginx.conf.template)", service.command)
         url = f"http://127.0.0.1:{port}/seckill/x"
         bench.every_load("d", "(d) nginx", url)
-        connection_sweep(bench, "d", "(d) nginx, one URL", url)
+        connection_sweep(bench, "d", "(d) nginx", url)
+
+
+def largest_load(bench: Bench) -> int:
+    """The most connections any load of this run opens."""
+    return max([bench.args.connections, *bench.args.sweep])
+
+
+def measure_openresty(bench: Bench, redis_url: str) -> None:
+    """(h) and (i): the OpenResty-style gateway (bench/openresty/), on this Redis."""
+    print("the OpenResty-style gateway (contenders h, i)")
+    if bench.tools.nginx is None:
+        why = f"nginx not found at {bench.args.nginx}"
+    else:
+        why = gateway_missing() or ""
+    if why:
+        for contender in ("h", "i"):
+            for tool in WRK_LOADS:
+                bench.skip(contender, tool, why)
+        return
+    assert bench.tools.nginx is not None
+    gateway_sale(redis_url, GATEWAY_ADMIT_ITEM, ADMIT_STOCK)
+    gateway_sale(redis_url, GATEWAY_SOLD_OUT_ITEM, 0)
+    with openresty_gateway(bench.tools.nginx, redis_url, bench.work_dir / "openresty", bench.log_dir,
+                           bench.pin.server, largest_load(bench)) as (service, port):
+        bench.record_command("OpenResty-style gateway (config: bench/openresty/)", service.command)
+        evalsha = EvalshaCounter(redis_url)
+        admit_url = f"http://127.0.0.1:{port}/seckill/{GATEWAY_ADMIT_ITEM}"
+        sold_out_url = f"http://127.0.0.1:{port}/seckill/{GATEWAY_SOLD_OUT_ITEM}"
+        bench.series("h", "wrk", "(h) gateway admission", admit_url, evalsha=evalsha)
+        bench.series("h", "wrk1", "(h) gateway admission, one URL", admit_url, evalsha=evalsha)
+        status, _ = http_get(port, f"/seckill/{GATEWAY_SOLD_OUT_ITEM}")  # sets the shared-dict flag
+        if status != 409:
+            bench.note(f"(i) the gateway's first request to a stock-0 sale answered {status}, not 409")
+        bench.series("i", "wrk", "(i) gateway sold out", sold_out_url, evalsha=evalsha, expect_non2xx=True)
+        bench.series("i", "wrk1", "(i) gateway sold out, one URL", sold_out_url, evalsha=evalsha,
+                     expect_non2xx=True)
+        connection_sweep(bench, "h", "(h) gateway admission", admit_url, evalsha)
+        connection_sweep(bench, "i", "(i) gateway sold out", sold_out_url, evalsha, expect_non2xx=True)
+    errors = (bench.work_dir / "openresty" / "error.log")
+    if errors.exists() and "[error]" in errors.read_text(errors="replace"):
+        bench.note(f"the gateway logged errors: see {errors}")

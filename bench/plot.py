@@ -27,10 +27,12 @@ NAMES = {
     "e": "(e) admission, --no-metrics",
     "f": "(f) bounded stock, until sold out",
     "g": "(g) bounded stock, sold out",
+    "h": "(h) OpenResty gateway, admission",
+    "i": "(i) OpenResty gateway, sold out",
 }
 LOADS = {"wrk": "distinct users", "wrk1": "one URL", "ab": "ab, no keep-alive"}
 COLOURS = {"a": "#1f77b4", "b": "#6baed6", "c": "#d62728", "d": "#7f7f7f", "e": "#2ca02c",
-           "f": "#9467bd", "g": "#c5b0d5"}
+           "f": "#9467bd", "g": "#c5b0d5", "h": "#ff7f0e", "i": "#ffbb78"}
 DPI = 110
 
 
@@ -68,7 +70,7 @@ def _bar_label(findings: Findings, row: Row) -> str:
 
 def _sweep_panel(ax: Any, findings: Findings) -> None:
     ax.set_xscale("log")
-    ax.set_xlabel("concurrent connections (wrk -t1 -c N, keep-alive, one URL; log scale)")
+    ax.set_xlabel("concurrent connections (wrk -t1 -c N, keep-alive, distinct users; log scale)")
     ax.set_ylabel("requests per second")
     ax.set_title("req/s against connections", fontsize=10, loc="left")
     counts = sorted({r.connections for r in findings.sweep if r.connections})
@@ -83,7 +85,7 @@ def _sweep_panel(ax: Any, findings: Findings) -> None:
             continue
         xs, ys = zip(*points, strict=True)
         top = max(top, *ys)
-        ax.plot(xs, ys, marker="o", color=COLOURS[contender], label=NAMES[contender] + ", one URL")
+        ax.plot(xs, ys, marker="o", color=COLOURS[contender], label=NAMES[contender])
         for n, rps in points:
             ratio = findings.sweep_ratio(contender, n) if contender != "d" else None
             text = _kilo(rps) + (f"\n{ratio:.2f}× nginx" if ratio else "")

@@ -28,13 +28,16 @@ CONTENDERS = {
     "e": "(e) seckill, admission, metrics off (`--no-metrics`)",
     "f": "(f) seckill, a sale of bounded stock: admission until sold out",
     "g": "(g) seckill, the same sale once sold out",
+    "h": "(h) OpenResty-style gateway, admission (a script call per request)",
+    "i": "(i) OpenResty-style gateway, sold out (shared-dict gate)",
 }
 LOADS = {"wrk": "wrk, keep-alive, distinct users", "wrk1": "wrk, keep-alive, one URL",
          "ab": "ab, no keep-alive"}
 DISTURBED = 0.2  # CPUs used by other processes during a run above which we say so
-# The connection sweep: the admission path and the ceiling, keep-alive, one URL.
-SWEEP_CONTENDERS = ("a", "d")
-SWEEP_TOOL = "wrk1"
+# The connection sweep: admission and sold out, ours and the gateway's, and the ceiling;
+# keep-alive, distinct users (the load a sale brings).
+SWEEP_CONTENDERS = ("a", "b", "h", "i", "d")
+SWEEP_TOOL = "wrk"
 # Acceptance for the Prometheus metrics: admission with them on is within 5% of them off.
 METRICS_TOOL = "wrk1"
 METRICS_BOUND = 0.95
@@ -212,6 +215,64 @@ class ReplicaAcks:
         return statistics.median(pairs) if pairs else 0.0
 
 
+# bench/storm.py: the targets at the largest storm (issue 15).
+STORM_TIME_BOUND = 0.5  # seckill's time until every answer is in, × the gateway's
+STORM_RSS_BOUND_KB = 1.5  # seckill's RSS per idle keep-alive connection
+
+
+@dataclasses.dataclass
+class StormRun:
+    all_in_ms: float  # from T0 until the last answer
+    p50_ms: float
+    p99_ms: float
+    send_ms: float  # the client writing every request
+    answered: int
+    unanswered: int  # failed, closed or timed out
+    won: int  # 200s the client counted
+    sold: int  # the sale's sold in Redis afterwards
+    redis_calls: int  # EVALSHA calls during the storm
+    client_cpu_ms: float
+    statuses: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class StormRow:
+    name: str  # the contender's key in storm.CONTENDERS
+    what: str
+    connections: int
+    stock: int
+    runs: list[StormRun] = dataclasses.field(default_factory=list)
+    rss_per_connection_kb: float | None = None  # RSS growth with every connection idle, / connections
+    skipped: str = ""
+
+    def median(self, key: str) -> float:
+        return statistics.median(float(getattr(r, key)) for r in self.runs) if self.runs else 0.0
+
+    @property
+    def exact(self) -> bool:
+        if self.name == "nginx":  # the floor sells nothing: every request answered is all it can do
+            return bool(self.runs) and not any(r.unanswered for r in self.runs)
+        return bool(self.runs) and all(r.won == self.stock and r.sold == self.stock and not r.unanswered
+                                       for r in self.runs)
+
+
+@dataclasses.dataclass
+class Storm:
+    repeat: int
+    rows: list[StormRow] = dataclasses.field(default_factory=list)
+    client: str = ""
+    skipped: str = ""
+
+    def row(self, name: str, connections: int) -> StormRow | None:
+        return next((r for r in self.rows if r.name == name and r.connections == connections and r.runs), None)
+
+    def time_ratio(self, name: str, connections: int, against: str = "gateway") -> float | None:
+        row, base = self.row(name, connections), self.row(against, connections)
+        if row is None or base is None or not base.median("all_in_ms"):
+            return None
+        return row.median("all_in_ms") / base.median("all_in_ms")
+
+
 @dataclasses.dataclass
 class Findings:
     date: str
@@ -227,6 +288,7 @@ class Findings:
     lookup: LookupCost | None = None
     buyers: BuyerCost | None = None  # bench/buyer_cost.py
     replicas: ReplicaAcks | None = None  # bench/replica_acks.py
+    storm: Storm | None = None  # bench/storm.py
     commands: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -320,7 +382,15 @@ def targets(findings: Findings) -> list[tuple[str, str, bool | None]]:
             (f"admission ≥ 0.5× nginx (wrk, {how})", findings.ratio("a", tool, "d"), 0.5, True),
             (f"sold-out ≥ 0.8× nginx (wrk, {how})", findings.ratio("b", tool, "d"), 0.8, True),
             (f"admission ≥ 30× the seed (wrk, {how})", findings.ratio("a", tool, "c"), 30.0, True),
+            (f"admission ≥ 2.5× the OpenResty-style gateway (wrk, {how})", findings.ratio("a", tool, "h"),
+             2.5, True),
+            (f"sold-out ≥ 1.0× the gateway's shared-dict gate (wrk, {how})", findings.ratio("b", tool, "i"),
+             1.0, True),
         ]
+    checks += [
+        ("admission ≥ 0.6× nginx (wrk, distinct users)", findings.ratio("a", "wrk", "d"), 0.6, True),
+        ("sold-out ≥ 0.9× nginx (wrk, distinct users)", findings.ratio("b", "wrk", "d"), 0.9, True),
+    ]
     checks += [
         ("≤ 0.05 Redis round trips per request at "
          f"{findings.settings.get('connections', '?')} connections", rt, 0.05, False),
@@ -339,6 +409,14 @@ def targets(findings: Findings) -> list[tuple[str, str, bool | None]]:
     if replicas is not None and not replicas.skipped and replicas.rows:
         checks.append((f"admission with one replica and --replica-acks 1 ≥ {REPLICA_BOUND:g}× acks 0",
                        replicas.ratio(REPLICA_ROW), REPLICA_BOUND, True))
+    storm = findings.storm
+    if storm is not None and not storm.skipped and storm.rows:
+        largest = max(r.connections for r in storm.rows)
+        checks.append((f"storm of {largest:,} connections: every answer in ≤ {STORM_TIME_BOUND:g}× the gateway's time",
+                       storm.time_ratio("seckill", largest), STORM_TIME_BOUND, False))
+        idle = storm.row("seckill", largest)
+        checks.append((f"RSS per idle connection ≤ {STORM_RSS_BOUND_KB:g} KB (at {largest:,})",
+                       idle.rss_per_connection_kb if idle else None, STORM_RSS_BOUND_KB, False))
     out: list[tuple[str, str, bool | None]] = []
     for label, value, bound, at_least in checks:
         if value is None:
@@ -538,6 +616,43 @@ def replica_section(findings: Findings) -> str:
             f"≥ {REPLICA_BOUND:g}× acks 0: {'**yes**' if reached else '**no**'}.\n\n" + replica_table(replicas))
 
 
+def storm_table(storm: Storm) -> str:
+    lines = ["| contender | connections | stock | every answer in, ms | × gateway | p50 ms | p99 ms "
+             "| winners = stock | unanswered | Redis calls | client CPU, ms (share) | RSS per idle connection |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for row in storm.rows:
+        if not row.runs:
+            lines.append(f"| {row.what} | {row.connections:,} | {row.stock:,} | skipped: {row.skipped} "
+                         "| | | | | | | | |")
+            continue
+        all_in, cpu = row.median("all_in_ms"), row.median("client_cpu_ms")
+        ratio = storm.time_ratio(row.name, row.connections)
+        rss = "–" if row.rss_per_connection_kb is None else f"{row.rss_per_connection_kb:.2f} KB"
+        winners = ("yes" if row.exact else "**no**") + f" ({', '.join(str(r.won) for r in row.runs)})"
+        if row.name == "nginx":
+            winners = "– (no sale)"
+        lines.append(f"| {row.what} | {row.connections:,} | {row.stock:,} | {all_in:,.0f} "
+                     f"| {_ratio(ratio)} | {row.median('p50_ms'):,.0f} | {row.median('p99_ms'):,.0f} | {winners} "
+                     f"| {sum(r.unanswered for r in row.runs)} | {row.median('redis_calls'):,.0f} "
+                     f"| {cpu:,.0f} ({cpu / all_in:.0%}) | {rss} |")
+    return "\n".join(lines)
+
+
+def storm_section(findings: Findings) -> str:
+    storm = findings.storm
+    if storm is None:
+        return "Not run."
+    if storm.skipped:
+        return f"Not measured: {storm.skipped}"
+    return (f"bench/storm.py: {storm.client}; every contender pinned as the rows; {storm.repeat} storms "
+            "per point, medians; a fresh sale per storm whose stock (a tenth of the connections) sells "
+            "out during it. Every connection is open and idle before T0, then each sends one purchase "
+            "(a distinct buyer) at T0; latencies are from T0. The client's CPU share says how far it is "
+            "from being the limit (its kernel time includes loopback's delivery to the contender). RSS "
+            "per idle connection: the contender's resident memory with every connection open, less "
+            "before, over the connections (first storm).\n\n" + storm_table(storm))
+
+
 def lookup_section(findings: Findings) -> str:
     lookup = findings.lookup
     if lookup is None:
@@ -619,6 +734,7 @@ def render(findings: Findings, picture: str | None = None) -> str:
         "## Order lookups beside purchases\n\n" + lookup_section(findings),
         "## Signed buyers and rate limits\n\n" + buyer_section(findings),
         "## Replica acknowledgements\n\n" + replica_section(findings),
+        "## The sale-start storm\n\n" + storm_section(findings),
         "## Targets\n\n" + targets_table(findings),
         "## Exactness (bounded stock)\n\n" + (
             exactness_table(findings.exactness) if findings.exactness else "Not run."
@@ -712,6 +828,12 @@ def from_json(text: str) -> Findings:
         replicas = _known(ReplicaAcks, fields["replicas"])
         replicas["rows"] = [AckRow(**r) for r in replicas.get("rows", [])]
         fields["replicas"] = ReplicaAcks(**replicas)
+    if fields.get("storm"):
+        storm = _known(Storm, fields["storm"])
+        storm["rows"] = [StormRow(**{**_known(StormRow, r), "runs": [StormRun(**_known(StormRun, x))
+                                                                    for x in r.get("runs", [])]})
+                         for r in storm.get("rows", [])]
+        fields["storm"] = Storm(**storm)
     fields["commands"] = [tuple(c) for c in fields.get("commands", [])]
     if fields.get("profile"):
         profile = _known(Profile, fields["profile"])

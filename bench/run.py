@@ -19,6 +19,13 @@ Each contender is started, warmed up, measured with the SAME wrk settings
   (c) the seed: bench/seed_app.py (Flask + redis-py, SETNX/INCRBY) under
       `gunicorn -k gevent -w 4`;
   (d) nginx `return 200`, one worker: the ceiling for HTTP on this machine;
+  (h) the OpenResty-style gateway (bench/openresty/): nginx, one worker, with Debian's
+      lua-nginx-module and lua-resty-redis (installed by this script's set-up when missing,
+      as root with apt-get; else skipped with the reason), one atomic Lua script call per
+      purchase on a pooled Redis connection (check the stock, take a unit, XADD the order:
+      the work of our admission), on a sale of 10**12 units as (a);
+  (i) the same gateway on a sold-out sale: a lua_shared_dict flag, set by the first script
+      call that found it sold out, answers without Redis (the gate of (b));
   (e) (a) with one URL on a second seckill server started with `--no-metrics` (all
       counting off), beside the first and pinned alike; its runs alternate with those
       of (a) one URL (a e, e a, a e, ..., at least 5 rounds), so the ratio metrics on / off (acceptance: >= 0.95)
@@ -56,8 +63,14 @@ to this Redis for the section only, one-worker servers with --replica-acks 0 and
 and 4 batches in flight), admission by distinct users, each a ratio to acks 0 in the same
 round (target >= 0.8 for the default), with requests per script call and WAITs a second.
 
-The connection sweep: req/s of (a) and (d) with one URL (the README's headline load)
-at `wrk -t1 -c N`, N = 10, 100, 1000 (`--sweep`), each contender while it is up. Its
+The sale-start storm (bench/storm.py, `--skip storm`): C connections (1,000 and 10,000,
+`--storm-connections`) opened idle, then one purchase each at T0 by distinct buyers on a
+sale of C/10 units, from a small C client (bench/storm_client.c, built here): the time
+until every answer is in, p50/p99, winners and sold against the stock, Redis calls, RSS per
+idle connection, for this server (1 and 2 workers), the gateway and nginx `return 200`.
+
+The connection sweep: req/s of (a), (b), (h), (i) and (d) with distinct users at
+`wrk -t1 -c N`, N = 100, 1000, 10000 (`--sweep`), each contender while it is up. Its
 points are shorter (3 runs of 5 s, `--sweep-duration`, `--sweep-repeat`) and have no
 warm-up (the contender has just served the main rows); the point at --connections
 (100) is the main table's one-URL row. For 1000 connections the
@@ -103,9 +116,11 @@ from contenders import (
     measure_buyers,
     measure_lookup,
     measure_nginx,
+    measure_openresty,
     measure_replicas,
     measure_seckill,
     measure_seed,
+    measure_storm,
 )
 from loadgen import LoadError
 from report import (
@@ -152,13 +167,15 @@ from services import (
 
 QUICK = {"duration": 3.0, "warmup": 1.0, "ab_requests": 5000, "exact_seconds": 2.0, "repeat": 1,
          "sweep_duration": 2.0, "sweep_repeat": 1, "lookup_seconds": 2.0, "lookup_rounds": 1,
-         "buyer_seconds": 2.0, "buyer_rounds": 1, "replica_seconds": 2.0, "replica_rounds": 1}
+         "buyer_seconds": 2.0, "buyer_rounds": 1, "replica_seconds": 2.0, "replica_rounds": 1,
+         "storm_repeat": 1}
 # The sweep's points are shorter than the main rows' (5 s, not 10 s) to keep the full run
 # near 9 minutes (7.5 before (f), (g) and the lookup cost's ~40 s each; more with a busy
 # neighbour); the median of 3 still stands for each. The lookup cost's runs are 5 s too.
 FULL = {"duration": 10.0, "warmup": 2.0, "ab_requests": 20000, "exact_seconds": 3.0, "repeat": 3,
         "sweep_duration": 5.0, "sweep_repeat": 3, "lookup_seconds": 5.0, "lookup_rounds": 3,
-        "buyer_seconds": 5.0, "buyer_rounds": 3, "replica_seconds": 5.0, "replica_rounds": 3}
+        "buyer_seconds": 5.0, "buyer_rounds": 3, "replica_seconds": 5.0, "replica_rounds": 3,
+        "storm_repeat": 3}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -205,7 +222,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     load.add_argument("--quiet-threshold", type=float, default=0.15, metavar="CPUS",
                       help="CPU use by other processes that counts as quiet")
 
-    sweep = parser.add_argument_group("connection sweep: req/s of (a) and (d), one URL, against wrk -c N")
+    sweep = parser.add_argument_group(
+        "connection sweep: req/s of (a), (b), (h), (i), (d), distinct users, against wrk -c N")
     sweep.add_argument("--sweep", default=DEFAULT_SWEEP, metavar="LIST",
                        help="comma-separated connection counts; the one equal to --connections "
                             "reuses the main table's row")
@@ -244,13 +262,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                           help=f"rounds over the servers, the order alternating (default "
                                f"{FULL['replica_rounds']}, --quick {QUICK['replica_rounds']})")
 
+    storms = parser.add_argument_group("the sale-start storm (bench/storm.py)")
+    storms.add_argument("--storm-connections", default="1000,10000", metavar="LIST",
+                        help="storm sizes, comma-separated")
+    storms.add_argument("--storm-repeat", type=int, metavar="N",
+                        help=f"storms per point, the median reported (default {FULL['storm_repeat']}, "
+                             f"--quick {QUICK['storm_repeat']})")
+
     what = parser.add_argument_group("what to run")
     what.add_argument("--skip", default="", metavar="LIST",
                       help="comma-separated parts to leave out: seckill, seed, nginx, ab, exact, "
                            "sweep (the connection sweep), metrics (the --no-metrics row), "
                            "sale ((f) and (g), bounded stock), lookup (order lookups beside "
                            "purchases, bench/lookup_cost.py), buyers (--auth jwt and rate limits, "
-                           "bench/buyer_cost.py), replicas (--replica-acks, bench/replica_acks.py)")
+                           "bench/buyer_cost.py), replicas (--replica-acks, bench/replica_acks.py), "
+                           "openresty ((h) and (i), the OpenResty-style gateway), storm (bench/storm.py)")
     what.add_argument("--exact-stock", type=int, default=1000, metavar="N",
                       help="units of the exactness sales")
     what.add_argument("--exact-seconds", type=float, metavar="SECONDS",
@@ -298,6 +324,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sweep = sorted({int(n) for n in args.sweep.split(",") if n.strip()})
     except ValueError:
         parser.error(f"--sweep wants numbers separated by commas, not {args.sweep!r}")
+    try:
+        args.storm_connections = tuple(sorted({int(n) for n in args.storm_connections.split(",") if n.strip()}))
+    except ValueError:
+        parser.error(f"--storm-connections wants numbers separated by commas, not {args.storm_connections!r}")
+    if not args.storm_connections or min(args.storm_connections) < 1 or args.storm_repeat < 1:
+        parser.error("--storm-connections and --storm-repeat must be positive")
     if args.duration <= 0 or args.sweep_duration <= 0 or args.lookup_seconds <= 0 or \
             args.buyer_seconds <= 0 or args.replica_seconds <= 0 or \
             min(args.connections, args.threads, args.repeat, args.sweep_repeat, args.sale_stock,
@@ -364,7 +396,7 @@ def plot_only(args: argparse.Namespace) -> int:
 
 def benchmark(args: argparse.Namespace) -> int:
     pin = PINNINGS[args.pin]
-    fd_before, fd_now = raise_fd_limit(max([args.connections, *args.sweep]))
+    fd_before, fd_now = raise_fd_limit(max([args.connections, *args.sweep, *args.storm_connections]))
     with workspace() as (work_dir, log_dir), bench_redis(work_dir / "redis", pin.redis) as store:
         tools = Tools.find(args.nginx)
         findings = Findings(
@@ -396,6 +428,10 @@ def benchmark(args: argparse.Namespace) -> int:
             run_step(bench, "seed", lambda: measure_seed(bench, store.url))
         if "nginx" not in args.skip:
             run_step(bench, "nginx", lambda: measure_nginx(bench))
+        if "openresty" not in args.skip:
+            run_step(bench, "openresty", lambda: measure_openresty(bench, store.url))
+        if "storm" not in args.skip:
+            run_step(bench, "storm", lambda: measure_storm(bench, store.url))
         findings.machine["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         findings.machine["file descriptors"] = (
             f"RLIMIT_NOFILE {fd_now}" + (f" (raised from {fd_before} by bench/run.py; children inherit it)"
@@ -462,9 +498,15 @@ def settings_summary(args: argparse.Namespace) -> dict[str, str]:
             f"bench/replica_acks.py: {args.replica_rounds} rounds of {args.replica_seconds:g} s on each of "
             "its servers (--replica-acks 0, and 1 with 1, 2, 4 batches in flight), the order alternating, "
             "pinned as the rows, this Redis with one replica attached for the section"),
+        "sale-start storm": (
+            "not run" if "storm" in args.skip else
+            f"bench/storm.py: {', '.join(f'{c:,}' for c in args.storm_connections)} connections, "
+            f"{args.storm_repeat} storms per point (medians), each contender started afresh and pinned as "
+            "the rows (2 workers: both CPUs), the C client on the client's CPU, this Redis"),
         "order": "one contender at a time: seckill (a, a/e alternating, b, f/g, ab, sweep, "
                  "exactness), the lookup cost (its own server), the buyer cost (its own servers), "
-                 "the replica acks (its own servers and replica), seed, nginx (d, sweep)",
+                 "the replica acks (its own servers and replica), seed, nginx (d, sweep), "
+                 "the OpenResty-style gateway (h, i, sweep), the storm (its own contenders)",
     }
 
 

@@ -38,6 +38,8 @@ WRK_LOADS = ("wrk", "wrk1")
 ADMIT_ITEM = "bench-admit"
 ADMIT_STOCK = 10**12  # never runs out: every request is a Redis admission
 SOLD_OUT_ITEM = "bench-soldout"
+GATEWAY_ADMIT_ITEM = "bench-gw"  # (h), in the gateway's own keys (gw:{item})
+GATEWAY_SOLD_OUT_ITEM = "bench-gw-soldout"  # (i)
 SALE_ITEM = "bench-sale"  # (f) and (g): a fresh sale per run, bench-sale-1, bench-sale-2, ...
 SALE_STOCK = 100_000  # a realistic stock: winners bounded by it, not by the run's length
 SALE_POLL = 0.002  # seconds between two reads of the sale's sold while (f) runs
@@ -45,7 +47,7 @@ EXACT_WRK_ITEM = "bench-exact-wrk"
 EXACT_AB_ITEM = "bench-exact-ab"
 METRICS_REPEAT = 5  # rounds of the on/off pair at least (each: on, off or off, on)
 NO_METRICS_FLAG = "--no-metrics"  # the server's switch that turns all counting off, for (e)
-DEFAULT_SWEEP = "10,100,1000"  # wrk connections of the connection sweep
+DEFAULT_SWEEP = "100,1000,10000"  # wrk connections of the connection sweep
 # File descriptors a process needs beyond its N client sockets (listeners, logs, Redis,
 # pipes); the limit is raised to at least FD_FLOOR so that nginx's worker_connections 4096
 # fits too.
@@ -101,7 +103,14 @@ def raise_fd_limit(connections: int) -> tuple[int, int]:
     """Raise this process's soft RLIMIT_NOFILE so that wrk, the server and nginx (children
     inherit it) can each hold `connections` sockets; (the limit before, the limit now)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max(connections + FD_HEADROOM, FD_FLOOR)
+    # The gateway (h) holds a Redis socket beside each client's: twice as many.
+    want = max(2 * connections + 4 * FD_HEADROOM, FD_FLOOR)
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:  # root may raise the hard limit (up to fs.nr_open)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, want))
+            hard = want
+        except (ValueError, OSError):
+            pass
     if soft != resource.RLIM_INFINITY and soft < want:
         new = want if hard == resource.RLIM_INFINITY else min(want, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))

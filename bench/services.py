@@ -19,7 +19,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +42,12 @@ __all__ = ["EmbeddedRedis", "free_port"]
 VENV_BIN = Path(sys.executable).parent
 SERVER_SCRIPT = ROOT / "seckill_server.py"
 NGINX_TEMPLATE = BENCH_DIR / "nginx.conf.template"
+GATEWAY_DIR = BENCH_DIR / "openresty"  # the OpenResty-style gateway's config and script
+# Debian's lua-nginx-module and its kit (installed by bench/run.py's set-up when missing).
+GATEWAY_MODULES = (Path("/usr/lib/nginx/modules/ndk_http_module.so"),
+                   Path("/usr/lib/nginx/modules/ngx_http_lua_module.so"),
+                   Path("/usr/share/lua/5.1/nginx/redis.lua"))
+GATEWAY_PACKAGES = ("libnginx-mod-http-lua", "lua-nginx-redis")
 NGINX_BODY = '{"result":"won","item":"x","order":"x-1","seq":1}'  # about our 200's size
 START_TIMEOUT = 20.0  # seconds for a contender to answer after start
 STOP_TIMEOUT = 15.0  # seconds for a graceful stop before SIGKILL
@@ -228,19 +236,90 @@ def seed_stack(redis_url: str, log_dir: Path, cpus: str | None,
 
 
 @contextmanager
-def nginx_ceiling(nginx: str, prefix: Path, log_dir: Path,
-                  cpus: str | None) -> Iterator[tuple[Service, int]]:
+def nginx_ceiling(nginx: str, prefix: Path, log_dir: Path, cpus: str | None,
+                  connections: int = 4096) -> Iterator[tuple[Service, int]]:
     """nginx `return 200` from bench/nginx.conf.template, one worker, prefix in a temp dir."""
     port = free_port()
     prefix.mkdir(parents=True, exist_ok=True)
     config = prefix / "nginx.conf"
     text = NGINX_TEMPLATE.read_text()
-    for name, value in (("prefix", str(prefix)), ("port", str(port)), ("body", NGINX_BODY)):
+    for name, value in (("prefix", str(prefix)), ("port", str(port)), ("body", NGINX_BODY),
+                        *_nginx_limits(connections).items()):
         text = text.replace("{{" + name + "}}", value)
     config.write_text(text)
     argv = [nginx, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")]
     # SIGQUIT would wait for keep-alive clients; SIGTERM is nginx's fast shutdown.
     service = Service("nginx", taskset(argv, cpus), log_dir / "nginx.log")
+    with running(service):
+        wait_listening(service, port)
+        yield service, port
+
+
+# nginx counts a client's socket and the gateway's Redis socket for it (one per request in
+# flight) against worker_connections, and its idle Redis pool (256) beside them; short of
+# that it closes idle keep-alive clients ("worker_connections are not enough"). Both within
+# the hard RLIMIT_NOFILE, which a container may not let even root raise.
+UPSTREAM_POOL = 256
+
+
+def _nginx_limits(connections: int) -> dict[str, str]:
+    """worker_connections and worker_rlimit_nofile for `connections` clients."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = 2 * connections + 2 * UPSTREAM_POOL + 512
+    if hard != resource.RLIM_INFINITY:
+        nofile = min(nofile, hard)
+    return {"connections": str(min(2 * connections + UPSTREAM_POOL + 64, nofile - 64)), "nofile": str(nofile)}
+
+
+def gateway_missing() -> str | None:
+    """Why the OpenResty-style gateway cannot run here, after installing its Debian packages
+    when they are missing and apt-get can (root); None when it can."""
+    if all(path.exists() for path in GATEWAY_MODULES):
+        return None
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        return (f"lua-nginx-module not installed ({', '.join(GATEWAY_PACKAGES)}) and no apt-get as root "
+                "to install it")
+    print(f"  installing {' '.join(GATEWAY_PACKAGES)} for the OpenResty-style gateway", flush=True)
+    done = subprocess.run([apt, "install", "-y", "-qq", "--no-install-recommends", *GATEWAY_PACKAGES],
+                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+                          capture_output=True, text=True)
+    if done.returncode != 0 or not all(path.exists() for path in GATEWAY_MODULES):
+        return f"apt-get install {' '.join(GATEWAY_PACKAGES)} failed: {done.stderr.strip()[-200:]}"
+    return None
+
+
+def gateway_sale(redis_url: str, item: str, stock: int) -> None:
+    """A sale in the gateway's own keys (bench/openresty/admit.lua): its hash and stream."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.delete(f"gw:{{{item}}}", f"gw:{{{item}}}:orders")
+    client.hset(f"gw:{{{item}}}", mapping={"stock": stock, "sold": 0})
+
+
+@contextmanager
+def openresty_gateway(nginx: str, redis_url: str, prefix: Path, log_dir: Path, cpus: str | None,
+                      connections: int) -> Iterator[tuple[Service, int]]:
+    """nginx + lua-nginx-module from bench/openresty/nginx.conf.template, one worker: a script
+    call per purchase (admit.lua, loaded here), a shared-dict gate once sold out."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    sha = client.script_load((GATEWAY_DIR / "admit.lua").read_text())
+    kwargs = client.connection_pool.connection_kwargs
+    port = free_port()
+    prefix.mkdir(parents=True, exist_ok=True)
+    config = prefix / "nginx.conf"
+    text = (GATEWAY_DIR / "nginx.conf.template").read_text()
+    values = {"prefix": str(prefix), "port": str(port), "redis_host": str(kwargs.get("host", "127.0.0.1")),
+              "redis_port": str(kwargs.get("port", 6379)), "sha": sha,
+              **_nginx_limits(connections)}
+    for name, value in values.items():
+        text = text.replace("{{" + name + "}}", value)
+    config.write_text(text)
+    argv = [nginx, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")]
+    service = Service("openresty", taskset(argv, cpus), log_dir / "openresty.log")
     with running(service):
         wait_listening(service, port)
         yield service, port
