@@ -19,7 +19,6 @@ import logging
 import os
 import socket
 import struct
-from collections import deque
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 from typing import cast
@@ -311,7 +310,9 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._peer = "-"  # the peer's IP address, from connection_made
         self._parser = RequestParser()
-        self._pending: deque[Slot] = deque()  # answers not written yet, in request order
+        # Answers not written yet, in request order. A list, not a deque: at most
+        # MAX_PIPELINED long, and an idle connection's empty deque was 760 of its ~2,100 bytes.
+        self._pending: list[Slot] = []
         self.closing = False  # no more requests are read; close once answers are out
         self._reading_paused = False
         self._writing_paused = False
@@ -438,17 +439,21 @@ class HttpConnection(asyncio.Protocol):
         pending = self._pending
         out = []
         close = False
-        while pending and pending[0].data is not None:
-            slot = pending.popleft()
+        ready = 0
+        for slot in pending:
+            if slot.data is None:
+                break
+            ready += 1
             out.append(slot.data)
             if slot.close:
                 close = True
-                pending.clear()
+                ready = len(pending)
                 break
+        del pending[:ready]
         transport = self._transport
         if transport is None or not out:
             return
-        transport.write(b"".join(out))  # type: ignore[arg-type]
+        transport.write(b"".join(out))
         if close or (self.closing and not pending):
             self._end()
         elif self._reading_paused and not self._writing_paused and len(pending) < MAX_PIPELINED:
