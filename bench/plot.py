@@ -3,8 +3,9 @@
 Top panel: req/s of every row of the main table, one horizontal bar each, in the table's
 order, labelled with its req/s and its ratio to nginx under the same load (the only
 comparison the bench makes: nginx's own figure moves between runs on a shared machine).
-Bottom panel: req/s against wrk's connections (10, 100, 1000 on a log axis) for the
-admission path and nginx, from the connection sweep.
+Bottom panel: req/s against wrk's connections (100, 1000, 10000 on a log axis, distinct
+users) for our admission and sold-out paths, the OpenResty-style gateway's and nginx, from
+the connection sweep.
 
 `draw()` takes a `Findings` and nothing else, so `run.py --plot-only` redraws the picture
 from the saved findings (results.json) without a new run. matplotlib is imported inside

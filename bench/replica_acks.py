@@ -76,8 +76,9 @@ class Options:
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "off": ("--replica-acks 0", []),
     "acks1_inflight1": ("--replica-acks 1, 1 batch in flight", ["--replica-acks", "1", "--max-in-flight", "1"]),
-    "acks1": ("--replica-acks 1, 2 in flight (the default)", ["--replica-acks", "1"]),
-    "acks1_inflight4": ("--replica-acks 1, 4 in flight", ["--replica-acks", "1", "--max-in-flight", "4"]),
+    "acks1_inflight2": ("--replica-acks 1, 2 in flight (as without acks)",
+                        ["--replica-acks", "1", "--max-in-flight", "2"]),
+    "acks1": ("--replica-acks 1, 4 in flight (the default with acks)", ["--replica-acks", "1"]),
 }
 
 

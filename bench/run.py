@@ -464,13 +464,13 @@ def settings_summary(args: argparse.Namespace) -> dict[str, str]:
         "connections": str(args.connections),
         "connection sweep": (
             "not run" if "sweep" in args.skip else
-            f"wrk -t{args.threads} -c N -d{args.sweep_duration:g}s --latency, one URL, N in "
-            f"{', '.join(str(n) for n in args.sweep)}, for (a) and (d); "
+            f"wrk -t{args.threads} -c N -d{args.sweep_duration:g}s --latency -s bench/users.lua (distinct "
+            f"users), N in {', '.join(str(n) for n in args.sweep)}, for (a), (b), (h), (i) and (d); "
             + (f"{args.sweep_repeat} runs per point, the median" if args.sweep_repeat > 1
                else "1 run per point")
             + "; shorter runs than the main rows and no warm-up (the contender has just served "
               "the main rows), to keep the full run short"
-            + (f"; the {args.connections}-connection points are the main table's one-URL rows "
+            + (f"; the {args.connections}-connection points are the main table's distinct-users rows "
                f"({args.repeat} × {args.duration:g} s)" if args.connections in args.sweep else "")
             + "."),
         "metrics": (

@@ -64,7 +64,7 @@ from services import (
 CLIENT_SOURCE = BENCH_DIR / "storm_client.c"
 CLIENT_BINARY = BENCH_DIR / "out" / "storm_client"
 STORM_TIMEOUT = 30.0  # seconds after T0 before a storm's unanswered requests are given up
-CONNECT_TIMEOUT = 60.0  # seconds for the client to open every connection
+ACCEPT_TIMEOUT = 30.0  # seconds for a contender to accept every connection the client opened
 STOCK_SHARE = 10  # stock = connections / STOCK_SHARE: it sells out during the storm
 
 CONTENDERS = {
@@ -94,19 +94,55 @@ def build_client() -> str | None:
     return None if done.returncode == 0 else f"cc bench/storm_client.c failed: {done.stderr.strip()[-300:]}"
 
 
-def tree_rss_kb(pid: int) -> int:
-    """Resident memory of pid and its descendants, KB (VmRSS)."""
-    children, total, stack = _children_of(), 0, [pid]
+def _tree(pid: int) -> list[int]:
+    children, out, stack = _children_of(), [], [pid]
     while stack:
         current = stack.pop()
+        out.append(current)
+        stack.extend(children.get(current, []))
+    return out
+
+
+def tree_rss_kb(pid: int) -> int:
+    """Resident memory of pid and its descendants, KB (VmRSS)."""
+    total = 0
+    for current in _tree(pid):
         try:
             for line in Path(f"/proc/{current}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
         except OSError:
             pass
-        stack.extend(children.get(current, []))
     return total
+
+
+def tree_sockets(pid: int) -> int:
+    """Sockets held by pid and its descendants (their /proc/PID/fd links)."""
+    count = 0
+    for current in _tree(pid):
+        try:
+            fds = os.scandir(f"/proc/{current}/fd")
+        except OSError:
+            continue
+        with fds:
+            for fd in fds:
+                try:
+                    count += os.readlink(fd.path).startswith("socket:")
+                except OSError:
+                    pass
+    return count
+
+
+def wait_accepted(pid: int, before: int, established: int, timeout: float = ACCEPT_TIMEOUT) -> None:
+    """Until the contender holds a socket for each established connection: the client's
+    "ready" means the kernel finished the handshakes, not that the contender accepted them
+    (they may still be in its listen queue, costing it nothing yet)."""
+    deadline = time.monotonic() + timeout
+    while tree_sockets(pid) - before < established:
+        if time.monotonic() > deadline:
+            raise StartError(f"the contender accepted {tree_sockets(pid) - before} of {established} "
+                             f"connections in {timeout:g} s")
+        time.sleep(0.05)  # a bounded poll: nothing tells us when the last accept() ran
 
 
 def evalsha_calls(client: redis.Redis) -> int:
@@ -116,7 +152,7 @@ def evalsha_calls(client: redis.Redis) -> int:
 def storm(port: int, connections: int, path: str, client_cpus: str | None, pid: int,
           measure_rss: bool) -> tuple[dict[str, object], float | None]:
     """One storm: connect, (RSS), go, the client's report; and the RSS growth per connection."""
-    before = tree_rss_kb(pid)
+    before, sockets = tree_rss_kb(pid), tree_sockets(pid) if measure_rss else 0
     argv = taskset([str(CLIENT_BINARY), str(port), str(connections), path, str(STORM_TIMEOUT)], client_cpus)
     client = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -124,7 +160,13 @@ def storm(port: int, connections: int, path: str, client_cpus: str | None, pid: 
         ready = client.stdout.readline().split()  # blocks until every connection is open
         if not ready or ready[0] != "ready":
             raise StartError(f"storm client: {' '.join(ready) or 'exited'}")
-        rss = (tree_rss_kb(pid) - before) / connections if measure_rss else None
+        established = int(ready[1])
+        if established < connections:
+            raise StartError(f"storm client: {established} of {connections} connections established")
+        rss = None
+        if measure_rss:
+            wait_accepted(pid, sockets, established)
+            rss = (tree_rss_kb(pid) - before) / established
         client.stdin.write("go\n")
         client.stdin.flush()
         report = json.loads(client.stdout.readline())
@@ -157,7 +199,9 @@ def measure(redis_url: str, log_dir: Path, work_dir: Path, options: Options, *, 
     gateway_why = gateway_missing() if os.access(options.nginx, os.X_OK) else f"nginx not found at {options.nginx}"
     nginx_why = None if os.access(options.nginx, os.X_OK) else f"nginx not found at {options.nginx}"
     both_cpus = ",".join(sorted({c for c in (server_cpus or "", client_cpus or "") if c})) or None
-    limits = ["--max-connections", str(largest + 64)]  # our default (10,000) with room for the bench's own
+    # Our default --max-connections (10,000) with room for the bench's own; and nginx's
+    # keep-alive timeout (75 s, as the gateway's): buyers wait on the page longer than our 5 s.
+    limits = ["--max-connections", str(largest + 64), "--keepalive-timeout", "75"]
 
     def contender(name: str) -> AbstractContextManager[tuple[object, int]]:
         if name == "seckill":
@@ -176,12 +220,13 @@ def measure(redis_url: str, log_dir: Path, work_dir: Path, options: Options, *, 
             for connections in options.connections:
                 found.rows.append(StormRow(name, what, connections, connections // STOCK_SHARE, skipped=skip))
             continue
-        with contender(name) as (service, port):
-            record(f"storm: {what}", service.command)  # type: ignore[attr-defined]
-            pid = service.pid  # type: ignore[attr-defined]
-            if name == "seckill2":  # with --workers 2 the main process is the supervisor
-                pid = service.pid  # type: ignore[attr-defined]
-            for connections in options.connections:
+        for connections in options.connections:
+            # Started afresh for each size: its first storm's RSS is then a fresh process's,
+            # not one that holds (or frees) what the smaller storm left.
+            with contender(name) as (service, port):
+                if connections == options.connections[0]:
+                    record(f"storm: {what}", service.command)  # type: ignore[attr-defined]
+                pid = service.pid  # type: ignore[attr-defined]  # (RSS: this process and its children)
                 row = StormRow(name, what, connections, connections // STOCK_SHARE)
                 found.rows.append(row)
                 for index in range(options.repeat):

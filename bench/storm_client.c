@@ -17,6 +17,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -86,6 +87,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "storm_client: PORT and CONNECTIONS must be positive\n");
         return 2;
     }
+    signal(SIGPIPE, SIG_IGN); /* a connection reset while idle fails its write, not us */
     struct conn *conns = calloc(n, sizeof *conns);
     int ep = epoll_create1(0);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
@@ -144,21 +146,27 @@ int main(int argc, char **argv) {
     }
     double sent_ms = now_ms() - t0;
     int answered = 0, closed = 0, open = sent;
+    double resolved_ms = 0; /* when the last connection was answered or closed */
     while (open > 0 && now_ms() - t0 < timeout_ms) {
         int got = epoll_wait(ep, events, n, 50);
         for (int k = 0; k < got; k++) {
             struct conn *c = &conns[events[k].data.u32];
             if (c->state != 2) continue;
-            ssize_t r = read(c->fd, c->buf + c->len, BUF - 1 - c->len);
+            ssize_t r = BUF - 1 - c->len > 0 ? read(c->fd, c->buf + c->len, BUF - 1 - c->len) : 0;
+            int whole;
             if (r <= 0) {
                 if (r < 0 && errno == EAGAIN) continue;
-                c->state = 4; closed++; open--; continue;
+                whole = -1; /* closed (or an answer larger than BUF) */
+            } else {
+                c->len += (int)r;
+                whole = complete(c);
             }
-            c->len += (int)r;
-            int whole = complete(c);
             if (whole != 0) {
+                /* Out of the epoll set, still open: no spinning on a resolved socket, and
+                   nothing closed under the contender while the storm goes on. */
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
                 c->state = whole > 0 ? 3 : 4;
-                c->done_ms = now_ms() - t0;
+                c->done_ms = resolved_ms = now_ms() - t0;
                 if (whole > 0) answered++; else closed++;
                 open--;
             }
@@ -174,14 +182,15 @@ int main(int argc, char **argv) {
         if (conns[i].status > 0 && conns[i].status < 600) statuses[conns[i].status]++;
     }
     qsort(lat, m, sizeof *lat, cmp_double);
-    double last = m ? lat[m - 1] : all_in_ms;
+    /* Every answer in: when the last connection was resolved, or the timeout if some never were. */
+    double last = open > 0 ? all_in_ms : resolved_ms;
+    int p99 = m ? (99 * m + 99) / 100 - 1 : 0; /* nearest rank: ceil(0.99 m) - 1 */
     printf("{\"connections\": %d, \"established\": %d, \"sent\": %d, \"answered\": %d, "
            "\"failed\": %d, \"closed\": %d, \"unanswered\": %d, \"send_ms\": %.3f, "
            "\"all_in_ms\": %.3f, \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"max_ms\": %.3f, "
            "\"client_cpu_ms\": %.3f, \"statuses\": {",
            n, established, sent, answered, failed, closed, open, sent_ms, last,
-           m ? lat[m / 2] : 0.0, m ? lat[(int)(m * 0.99) < m ? (int)(m * 0.99) : m - 1] : 0.0,
-           last, cpu_used);
+           m ? lat[m / 2] : 0.0, m ? lat[p99] : 0.0, m ? lat[m - 1] : 0.0, cpu_used);
     const char *sep = "";
     for (int s = 0; s < 600; s++)
         if (statuses[s]) { printf("%s\"%d\": %d", sep, s, statuses[s]); sep = ", "; }

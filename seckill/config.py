@@ -26,7 +26,7 @@ class Config:
     gate_interval: float = 0.1
     max_batch: int = batching.DEFAULT_MAX_BATCH
     max_waiting: int = batching.DEFAULT_MAX_WAITING
-    max_in_flight: int = batching.DEFAULT_MAX_IN_FLIGHT
+    max_in_flight: int | None = None  # None: batching's default, more with --replica-acks (in_flight())
     graceful_timeout: float = 10.0
     keepalive_timeout: float = Limits.keepalive_timeout
     keepalive_requests: int = Limits.keepalive_requests
@@ -60,6 +60,12 @@ class Config:
     jwt_leeway: float = 5.0
     jwt_user_claim: str = "sub"
     auth_cookie: str | None = None  # with --auth jwt: a cookie that may carry the token
+
+    def in_flight(self) -> int:
+        """Batches in flight per worker (--max-in-flight), by default more when WAIT follows each."""
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        return batching.ACKED_MAX_IN_FLIGHT if self.replica_acks else batching.DEFAULT_MAX_IN_FLIGHT
 
     def ack_timeout(self) -> float:
         """WAIT's timeout (--replica-ack-timeout): below the Redis timeout, which bounds the batch."""

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from seckill import __version__
+from seckill.admission import batcher as batching
 from seckill.app.ratelimit import Rate
 from seckill.config import Config
 from seckill.exits import EXIT_USAGE, Fatal
@@ -133,7 +134,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-waiting", type=bounded(int, 1), default=d.max_waiting,
                         help="purchases waiting for Redis per worker before answering 503")
     parser.add_argument("--max-in-flight", type=bounded(int, 1, 64), default=d.max_in_flight,
-                        help="batches sent to Redis and not yet answered, per worker")
+                        help=f"batches sent to Redis and not yet answered, per worker (default "
+                             f"{batching.DEFAULT_MAX_IN_FLIGHT}, {batching.ACKED_MAX_IN_FLIGHT} with --replica-acks)")
     parser.add_argument("--graceful-timeout", type=bounded(float, 0.0),
                         default=d.graceful_timeout, metavar="SECONDS",
                         help="on SIGTERM, time to finish what was read before exiting")

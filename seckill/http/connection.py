@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 from typing import cast
@@ -329,7 +330,9 @@ class HttpConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")  # once: asking costs a system call
-        self._peer = str(peer[0]) if isinstance(peer, tuple) else "unix"
+        # Interned: behind a proxy every connection has the same peer, one string for all
+        # (58 B of each idle connection's ~1.5 KB); interned strings go when unused.
+        self._peer = sys.intern(str(peer[0])) if isinstance(peer, tuple) else "unix"
         self._registry.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -56,7 +56,7 @@ async def serve(config: Config, wiring: Wiring, abort: Callable[[], None] | None
     batcher = batching.Batcher(
         redis, batch_pipe, timeout=config.redis_timeout, gate_interval=config.gate_interval,
         max_batch=config.max_batch, max_waiting=config.max_waiting,
-        max_in_flight=config.max_in_flight, stats=stats, faults=errors,
+        max_in_flight=config.in_flight(), stats=stats, faults=errors,
         idempotency_ttl=config.idempotency_ttl, claims=not is_cluster(redis),
         replica_acks=config.replica_acks, ack_timeout=config.ack_timeout(),
     )

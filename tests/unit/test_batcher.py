@@ -344,3 +344,16 @@ def test_without_replica_acks_no_wait_is_sent() -> None:
         return pipe
 
     assert [c[0] for c in asyncio.run(run()).calls[0]] == ["EVALSHA"]
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ({}, batching.DEFAULT_MAX_IN_FLIGHT),
+    ({"replica_acks": 1}, batching.ACKED_MAX_IN_FLIGHT),
+    ({"replica_acks": 1, "max_in_flight": 1}, 1),
+    ({"max_in_flight": 8}, 8),
+])
+def test_batches_in_flight_default_to_more_with_replica_acks_unless_set(flags: dict[str, int],
+                                                                        expected: int) -> None:
+    from seckill.config import Config
+
+    assert Config(**flags).in_flight() == expected  # type: ignore[arg-type]
