@@ -271,11 +271,11 @@ def server_limits(bench: Bench) -> list[str]:
     --max-connections (per worker) covers it, which is what we want to measure."""
     largest = max([bench.args.connections, *bench.args.sweep])
     default = server_max_connections()
-    if default is not None and default >= largest:
+    if default is not None and default >= largest + 64:  # room for the bench's own connections
         return []
     bench.note(f"the server's default --max-connections ({default or 'unknown'}) is below "
-               f"{largest} connections: it runs with --max-connections {largest}")
-    return ["--max-connections", str(largest)]
+               f"{largest} connections and the bench's own: it runs with --max-connections {largest + 64}")
+    return ["--max-connections", str(largest + 64)]
 
 
 def admission_metrics_off(bench: Bench, redis_url: str, admit_url: str, extra: list[str],
