@@ -1,6 +1,6 @@
-"""bench/run.py: this server against the seed's stack and an nginx ceiling, in one run.
+"""bench/run.py: this server against the seed's stack, the OpenResty-style gateway and an nginx ceiling, in one run.
 
-    .venv/bin/python bench/run.py               # the full run (~9 minutes): bench/RESULTS.md,
+    .venv/bin/python bench/run.py               # the full run (~20 minutes): bench/RESULTS.md,
                                                 # bench/results.json and bench/results.png
     .venv/bin/python bench/run.py --quick       # 3 s per contender, one run each, to bench/out/
     .venv/bin/python bench/run.py --plot-only   # redraw bench/results.png from bench/results.json
