@@ -107,7 +107,7 @@ def test_a_manual_failover_is_followed_on_the_announcement_not_when_the_old_mast
 
 # --- Failover chaos -----------------------------------------------------------------------
 
-STOCK = 2000  # smaller than the demand (~200 a second): it sells out during the run, after the faults
+STOCK = 3000  # smaller than the demand (~200 a second): it sells out during the run, after the faults
 CONNECTIONS = 200  # each a stream of distinct buyers
 PACE = 1.0  # seconds between one connection's purchases: ~200 a second in all
 RETRY = 0.2  # a 503's outcome is unknown: the same buyer asks again after this
@@ -167,13 +167,19 @@ def test_failovers_under_load_lose_no_acknowledged_win_with_replica_acks(start_s
                 print(f"redis {node.port} ({'up' if node.process else 'down'}): {node.log_tail()}")
             raise
         figures = check(history, group.master.data())
-        print(f"\nreplica-acks {acks}: {FAILOVERS} failovers, 503 windows "
+        print(f"\nreplica-acks {acks}: {len(windows)} failovers, 503 windows "
               f"{', '.join(f'{w:.1f} s' for w in windows)} (and {group.unplanned_failovers} unasked); "
               f"{figures}; answers {Counter(s for _, s, _ in history)}")
         assert figures["duplicate seqs"] == 0 and figures["duplicate buyers"] == 0, figures
         assert figures["sold"] <= STOCK and figures["acknowledged"] > 0, figures
-        if acks:  # without acks a failover may lose wins: reported above, not asserted either way
-            assert figures["lost"] == 0 and figures["sold minus orders"] == 0, figures
+        assert figures["sold minus orders"] == 0, figures
+        # Without acks a failover may lose wins: reported above, not asserted either way. With
+        # them, a kill -9 loses none. A failover nobody asked for (a live master Sentinel took
+        # for down: a stall past down-after-milliseconds) may, as a manual one may: the old
+        # master acknowledges with a replica still attached until it is reconfigured (README:
+        # Across a failover); the group follows it and the run reports what it lost.
+        if acks and not group.unplanned_failovers:
+            assert figures["lost"] == 0, figures
     finally:
         group.stop()
 
