@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -55,9 +54,11 @@ from services import (
     bench_redis,
     command_line,
     create_sale,
+    fresh_log_dir,
     seckill_server,
     stop_on_sigterm,
     taskset,
+    unpinned_without_taskset,
 )
 
 SCRIPT = BENCH_DIR / "tokens.lua"
@@ -215,18 +216,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or min(args.rounds, args.connections, args.tokens) < 1:
         parser.error("--seconds, --rounds, --connections and --tokens must be positive")
-    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
-        print("pinning needs two CPUs and taskset: running unpinned", file=sys.stderr)
-        args.server_cpus = args.client_cpus = args.redis_cpus = ""
+    unpinned_without_taskset(args)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stop_on_sigterm()
-    log_dir = BENCH_DIR / "out" / "logs-buyers"
-    shutil.rmtree(log_dir, ignore_errors=True)
-    log_dir.mkdir(parents=True)
+    log_dir = fresh_log_dir("buyers")
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="seckill-buyers-redis-") as tmp, \

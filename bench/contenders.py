@@ -81,17 +81,10 @@ def measure_seckill(bench: Bench, redis_url: str) -> None:
             for item, stock in ((ADMIT_ITEM, ADMIT_STOCK), (SOLD_OUT_ITEM, 0))))
         evalsha = EvalshaCounter(redis_url)
         admit_url = f"{base}/seckill/{ADMIT_ITEM}"
-        sold_out_url = f"{base}/seckill/{SOLD_OUT_ITEM}"
 
         bench.series("a", "wrk", "(a) admission", admit_url, evalsha=evalsha)
         admission_metrics_off(bench, redis_url, admit_url, extra, evalsha)
-        status, _ = http_get(port, f"/seckill/{SOLD_OUT_ITEM}")  # arms the sold-out gate
-        if status != 409:
-            bench.note(f"(b) the first request to a stock-0 sale answered {status}, not 409")
-        bench.series("b", "wrk", "(b) sold out", sold_out_url, evalsha=evalsha, expect_non2xx=True)
-        bench.series("b", "wrk1", "(b) sold out, one URL", sold_out_url, evalsha=evalsha,
-                     expect_non2xx=True)
-        connection_sweep(bench, "b", "(b) sold out", sold_out_url, evalsha, expect_non2xx=True)
+        sold_out_rows(bench, "b", "(b) sold out", port, SOLD_OUT_ITEM, evalsha)
         if "sale" not in bench.args.skip:
             measure_sale(bench, base, redis_url, evalsha)
         if "ab" not in bench.args.skip:
@@ -455,9 +448,21 @@ def measure_nginx(bench: Bench) -> None:
         connection_sweep(bench, "d", "(d) nginx", url)
 
 
+def sold_out_rows(bench: Bench, key: str, what: str, port: int, item: str, evalsha: EvalshaCounter) -> None:
+    """A stock-0 sale's rows (distinct users, one URL) and sweep, after a first request that
+    arms the contender's sold-out gate (ours, or the gateway's shared-dict flag)."""
+    status, _ = http_get(port, f"/seckill/{item}")
+    if status != 409:
+        bench.note(f"{what}: the first request to a stock-0 sale answered {status}, not 409")
+    url = f"http://127.0.0.1:{port}/seckill/{item}"
+    bench.series(key, "wrk", what, url, evalsha=evalsha, expect_non2xx=True)
+    bench.series(key, "wrk1", f"{what}, one URL", url, evalsha=evalsha, expect_non2xx=True)
+    connection_sweep(bench, key, what, url, evalsha, expect_non2xx=True)
+
+
 def largest_load(bench: Bench) -> int:
     """The most connections any load of this run opens."""
-    return max([bench.args.connections, *bench.args.sweep])
+    return int(max([bench.args.connections, *bench.args.sweep]))
 
 
 def measure_openresty(bench: Bench, redis_url: str) -> None:
@@ -480,17 +485,10 @@ def measure_openresty(bench: Bench, redis_url: str) -> None:
         bench.record_command("OpenResty-style gateway (config: bench/openresty/)", service.command)
         evalsha = EvalshaCounter(redis_url)
         admit_url = f"http://127.0.0.1:{port}/seckill/{GATEWAY_ADMIT_ITEM}"
-        sold_out_url = f"http://127.0.0.1:{port}/seckill/{GATEWAY_SOLD_OUT_ITEM}"
         bench.series("h", "wrk", "(h) gateway admission", admit_url, evalsha=evalsha)
         bench.series("h", "wrk1", "(h) gateway admission, one URL", admit_url, evalsha=evalsha)
-        status, _ = http_get(port, f"/seckill/{GATEWAY_SOLD_OUT_ITEM}")  # sets the shared-dict flag
-        if status != 409:
-            bench.note(f"(i) the gateway's first request to a stock-0 sale answered {status}, not 409")
-        bench.series("i", "wrk", "(i) gateway sold out", sold_out_url, evalsha=evalsha, expect_non2xx=True)
-        bench.series("i", "wrk1", "(i) gateway sold out, one URL", sold_out_url, evalsha=evalsha,
-                     expect_non2xx=True)
         connection_sweep(bench, "h", "(h) gateway admission", admit_url, evalsha)
-        connection_sweep(bench, "i", "(i) gateway sold out", sold_out_url, evalsha, expect_non2xx=True)
+        sold_out_rows(bench, "i", "(i) gateway sold out", port, GATEWAY_SOLD_OUT_ITEM, evalsha)
     errors = (bench.work_dir / "openresty" / "error.log")
     if errors.exists() and "[error]" in errors.read_text(errors="replace"):
         bench.note(f"the gateway logged errors: see {errors}")

@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -59,9 +57,11 @@ from services import (
     bench_redis,
     command_line,
     create_sale,
+    fresh_log_dir,
     seckill_server,
     stop_on_sigterm,
     taskset,
+    unpinned_without_taskset,
 )
 
 BIG_ITEM = "bench-lookup-big"  # the big sale whose orders are looked up
@@ -292,9 +292,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             or args.seconds <= 0 or args.entries > args.units:
         parser.error("--units, --entries (at most --units), --seconds, --rounds and the "
                      "connection counts must be positive")
-    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
-        print("pinning needs two CPUs and taskset: running unpinned", file=sys.stderr)
-        args.server_cpus = args.client_cpus = args.redis_cpus = ""
+    unpinned_without_taskset(args)
     return args
 
 
@@ -304,9 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(args.units, args.entries, args.seconds, args.rounds, args.connections,
                       args.lookup_connections, args.timeout)
     started = time.monotonic()
-    log_dir = BENCH_DIR / "out" / "logs-lookup"
-    shutil.rmtree(log_dir, ignore_errors=True)
-    log_dir.mkdir(parents=True)
+    log_dir = fresh_log_dir("lookup")
     try:
         with tempfile.TemporaryDirectory(prefix="seckill-lookup-") as tmp, \
                 bench_redis(Path(tmp) / "redis", args.redis_cpus or None) as store:

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,17 +44,18 @@ import redis
 from loadgen import LoadError
 from report import AckRow, ReplicaAcks, replica_table
 from services import (
-    BENCH_DIR,
     Service,
     StartError,
     bench_redis,
     command_line,
     create_sale,
+    fresh_log_dir,
     pin_threads,
     running,
     seckill_server,
     stop_on_sigterm,
     taskset,
+    unpinned_without_taskset,
 )
 
 from seckill.store.embedded import find_redis_server, free_port
@@ -187,18 +186,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or min(args.rounds, args.connections) < 1:
         parser.error("--seconds, --rounds and --connections must be positive")
-    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
-        print("pinning needs two CPUs and taskset: running unpinned", file=sys.stderr)
-        args.server_cpus = args.client_cpus = args.redis_cpus = ""
+    unpinned_without_taskset(args)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stop_on_sigterm()
-    log_dir = BENCH_DIR / "out" / "logs-replicas"
-    shutil.rmtree(log_dir, ignore_errors=True)
-    log_dir.mkdir(parents=True)
+    log_dir = fresh_log_dir("replicas")
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="seckill-replicas-redis-") as tmp, \

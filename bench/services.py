@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -235,21 +235,27 @@ def seed_stack(redis_url: str, log_dir: Path, cpus: str | None,
         yield service, port
 
 
-@contextmanager
 def nginx_ceiling(nginx: str, prefix: Path, log_dir: Path, cpus: str | None,
-                  connections: int = 4096) -> Iterator[tuple[Service, int]]:
+                  connections: int = 4096) -> AbstractContextManager[tuple[Service, int]]:
     """nginx `return 200` from bench/nginx.conf.template, one worker, prefix in a temp dir."""
+    return _nginx("nginx", nginx, NGINX_TEMPLATE, {"body": NGINX_BODY}, prefix, log_dir, cpus, connections)
+
+
+@contextmanager
+def _nginx(name: str, nginx: str, template: Path, values: dict[str, str], prefix: Path, log_dir: Path,
+           cpus: str | None, connections: int) -> Iterator[tuple[Service, int]]:
+    """nginx on a free port from `template` with {{prefix}}, {{port}}, the limits for
+    `connections` (_nginx_limits) and `values` filled in; logs to log_dir/NAME.log."""
     port = free_port()
     prefix.mkdir(parents=True, exist_ok=True)
     config = prefix / "nginx.conf"
-    text = NGINX_TEMPLATE.read_text()
-    for name, value in (("prefix", str(prefix)), ("port", str(port)), ("body", NGINX_BODY),
-                        *_nginx_limits(connections).items()):
-        text = text.replace("{{" + name + "}}", value)
+    text = template.read_text()
+    for key, value in {"prefix": str(prefix), "port": str(port), **_nginx_limits(connections), **values}.items():
+        text = text.replace("{{" + key + "}}", value)
     config.write_text(text)
     argv = [nginx, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")]
     # SIGQUIT would wait for keep-alive clients; SIGTERM is nginx's fast shutdown.
-    service = Service("nginx", taskset(argv, cpus), log_dir / "nginx.log")
+    service = Service(name, taskset(argv, cpus), log_dir / f"{name}.log")
     with running(service):
         wait_listening(service, port)
         yield service, port
@@ -298,9 +304,8 @@ def gateway_sale(redis_url: str, item: str, stock: int) -> None:
     client.hset(f"gw:{{{item}}}", mapping={"stock": stock, "sold": 0})
 
 
-@contextmanager
 def openresty_gateway(nginx: str, redis_url: str, prefix: Path, log_dir: Path, cpus: str | None,
-                      connections: int) -> Iterator[tuple[Service, int]]:
+                      connections: int) -> AbstractContextManager[tuple[Service, int]]:
     """nginx + lua-nginx-module from bench/openresty/nginx.conf.template, one worker: a script
     call per purchase (admit.lua, loaded here), a shared-dict gate once sold out."""
     import redis
@@ -308,21 +313,26 @@ def openresty_gateway(nginx: str, redis_url: str, prefix: Path, log_dir: Path, c
     client = redis.Redis.from_url(redis_url)
     sha = client.script_load((GATEWAY_DIR / "admit.lua").read_text())
     kwargs = client.connection_pool.connection_kwargs
-    port = free_port()
-    prefix.mkdir(parents=True, exist_ok=True)
-    config = prefix / "nginx.conf"
-    text = (GATEWAY_DIR / "nginx.conf.template").read_text()
-    values = {"prefix": str(prefix), "port": str(port), "redis_host": str(kwargs.get("host", "127.0.0.1")),
-              "redis_port": str(kwargs.get("port", 6379)), "sha": sha,
-              **_nginx_limits(connections)}
-    for name, value in values.items():
-        text = text.replace("{{" + name + "}}", value)
-    config.write_text(text)
-    argv = [nginx, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")]
-    service = Service("openresty", taskset(argv, cpus), log_dir / "openresty.log")
-    with running(service):
-        wait_listening(service, port)
-        yield service, port
+    values = {"redis_host": str(kwargs.get("host", "127.0.0.1")), "redis_port": str(kwargs.get("port", 6379)),
+              "sha": sha}
+    return _nginx("openresty", nginx, GATEWAY_DIR / "nginx.conf.template", values, prefix, log_dir, cpus,
+                  connections)
+
+
+def unpinned_without_taskset(args: Any) -> None:
+    """The standalone bench scripts' pinning (--server-cpus, --client-cpus, --redis-cpus)
+    dropped where it cannot work: one CPU, or no taskset."""
+    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        print("pinning needs two CPUs and taskset: running unpinned", file=sys.stderr)
+        args.server_cpus = args.client_cpus = args.redis_cpus = ""
+
+
+def fresh_log_dir(name: str) -> Path:
+    """bench/out/logs-NAME, emptied for this run."""
+    log_dir = BENCH_DIR / "out" / f"logs-{name}"
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir(parents=True)
+    return log_dir
 
 
 def stop_on_sigterm() -> None:

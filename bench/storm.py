@@ -52,6 +52,7 @@ from services import (
     StartError,
     bench_redis,
     create_sale,
+    fresh_log_dir,
     gateway_missing,
     gateway_sale,
     nginx_ceiling,
@@ -59,6 +60,7 @@ from services import (
     seckill_server,
     stop_on_sigterm,
     taskset,
+    unpinned_without_taskset,
 )
 
 CLIENT_SOURCE = BENCH_DIR / "storm_client.c"
@@ -296,18 +298,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--connections wants numbers separated by commas, not {args.connections!r}")
     if not args.connections or min(args.connections) < 1 or args.repeat < 1:
         parser.error("--connections and --repeat must be positive")
-    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
-        print("pinning needs two CPUs and taskset: running unpinned", file=sys.stderr)
-        args.server_cpus = args.client_cpus = args.redis_cpus = ""
+    unpinned_without_taskset(args)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stop_on_sigterm()
-    log_dir = BENCH_DIR / "out" / "logs-storm"
-    shutil.rmtree(log_dir, ignore_errors=True)
-    log_dir.mkdir(parents=True)
+    log_dir = fresh_log_dir("storm")
     started = time.monotonic()
     try:
         with _raised_fd_limit(max(args.connections)), \
