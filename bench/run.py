@@ -156,6 +156,7 @@ from services import (
     StartError,
     bench_redis,
     command_line,
+    counts,
     create_sale,
     nginx_ceiling,
     seckill_server,
@@ -324,12 +325,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sweep = sorted({int(n) for n in args.sweep.split(",") if n.strip()})
     except ValueError:
         parser.error(f"--sweep wants numbers separated by commas, not {args.sweep!r}")
-    try:
-        args.storm_connections = tuple(sorted({int(n) for n in args.storm_connections.split(",") if n.strip()}))
-    except ValueError:
-        parser.error(f"--storm-connections wants numbers separated by commas, not {args.storm_connections!r}")
-    if not args.storm_connections or min(args.storm_connections) < 1 or args.storm_repeat < 1:
-        parser.error("--storm-connections and --storm-repeat must be positive")
+    args.storm_connections = counts(parser, "--storm-connections", args.storm_connections)
+    if args.storm_repeat < 1:
+        parser.error("--storm-repeat must be positive")
     if args.duration <= 0 or args.sweep_duration <= 0 or args.lookup_seconds <= 0 or \
             args.buyer_seconds <= 0 or args.replica_seconds <= 0 or \
             min(args.connections, args.threads, args.repeat, args.sweep_repeat, args.sale_stock,

@@ -319,6 +319,18 @@ def openresty_gateway(nginx: str, redis_url: str, prefix: Path, log_dir: Path, c
                   connections)
 
 
+def counts(parser: Any, flag: str, text: str) -> tuple[int, ...]:
+    """A comma-separated list of positive numbers (--sweep, --connections, ...), sorted and
+    without repeats; parser.error (one line, exit 2) otherwise."""
+    try:
+        found = tuple(sorted({int(n) for n in text.split(",") if n.strip()}))
+    except ValueError:
+        parser.error(f"{flag} wants numbers separated by commas, not {text!r}")
+    if not found or found[0] < 1:
+        parser.error(f"{flag} wants positive numbers, not {text!r}")
+    return found
+
+
 def unpinned_without_taskset(args: Any) -> None:
     """The standalone bench scripts' pinning (--server-cpus, --client-cpus, --redis-cpus)
     dropped where it cannot work: one CPU, or no taskset."""

@@ -51,6 +51,7 @@ from services import (
     BENCH_DIR,
     StartError,
     bench_redis,
+    counts,
     create_sale,
     fresh_log_dir,
     gateway_missing,
@@ -292,12 +293,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client-cpus", default="1", metavar="LIST", help="taskset list for the client")
     parser.add_argument("--redis-cpus", default="1", metavar="LIST", help="CPUs for Redis's threads")
     args = parser.parse_args(argv)
-    try:
-        args.connections = tuple(sorted({int(c) for c in args.connections.split(",") if c.strip()}))
-    except ValueError:
-        parser.error(f"--connections wants numbers separated by commas, not {args.connections!r}")
-    if not args.connections or min(args.connections) < 1 or args.repeat < 1:
-        parser.error("--connections and --repeat must be positive")
+    args.connections = counts(parser, "--connections", args.connections)
+    if args.repeat < 1:
+        parser.error("--repeat must be positive")
     unpinned_without_taskset(args)
     return args
 
