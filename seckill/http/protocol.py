@@ -194,6 +194,27 @@ class RequestParser:
                     self._scan_from = 0
                     self._skipped_crlf = False
                     return request
+                # The common head on its own road: origin-form HTTP/1.1 and a header block
+                # parsed before that frames no body (a client's second request on: the
+                # `?user=` of each is what keeps it out of _BODYLESS). The same checks as
+                # _parse_head's, with what the block decides decided once (_HeaderBlock.plain).
+                line_end = head.find(b"\r\n")
+                block = _HEADER_BLOCKS.get(head[line_end + 2 :]) if 0 < line_end <= MAX_REQUEST_LINE else None
+                if block is not None and block.plain and end + 4 <= MAX_HEAD:
+                    origin = _ORIGIN_FORM_LINE.fullmatch(head, 0, line_end)
+                    if origin is not None:
+                        method, path, query, minor = origin.groups()
+                        if minor == b"1" and len(method) <= MAX_METHOD:
+                            request = Request(method, head[len(method) + 1 : line_end - 9], path, query or b"",
+                                              False, block.keep_alive, block.headers, b"", block.idempotency_key)
+                            self._buf = buf[end + 4 :]
+                            self._scan_from = 0
+                            self._skipped_crlf = False
+                            if not query:
+                                if len(_BODYLESS) >= MAX_CACHED_HEADS:
+                                    _BODYLESS.clear()
+                                _BODYLESS[head] = request
+                            return request
                 try:
                     if end + 4 > MAX_HEAD:
                         raise HttpError(431, "request head too large")
@@ -280,7 +301,8 @@ MAX_CACHED_HEADER_BLOCKS = 512  # x MAX_HEAD bounds the memory: 8 MiB at worst
 
 
 class _HeaderBlock:
-    __slots__ = ("headers", "length", "codings", "hosts", "connection", "expects_continue", "idempotency_key")
+    __slots__ = ("headers", "length", "codings", "hosts", "connection", "expects_continue", "idempotency_key",
+                 "plain", "keep_alive")
 
     def __init__(self, headers: tuple[tuple[bytes, bytes], ...], length: int, codings: list[bytes] | None,
                  hosts: int, connection: frozenset[bytes], expects_continue: bool,
@@ -292,6 +314,11 @@ class _HeaderBlock:
         self.codings = codings  # Transfer-Encoding's codings, lower-cased; None: no such header
         self.hosts = hosts
         self.connection = connection  # the Connection header's tokens, lower-cased
+        # What _parse_head would find of this block in an HTTP/1.1 request, known once: no
+        # body and nothing to refuse (next_request's short road), and then whether it
+        # keeps the connection.
+        self.plain = length <= 0 and codings is None and hosts == 1
+        self.keep_alive = b"close" not in connection
 
 
 _NO_TOKENS: frozenset[bytes] = frozenset()

@@ -232,3 +232,17 @@ def test_expect_100_continue_is_asked_once_while_the_body_is_missing() -> None:
         parser.feed(raw)
         parser.next_request()
         assert parser.take_continue() is False
+
+
+def test_a_known_header_block_does_not_lift_the_head_limit() -> None:
+    """A header block parsed before (memoised) under a request line long enough to take
+    the whole head past MAX_HEAD: 431, as for a block never seen."""
+    block = b"Host: t\r\nX-Pad: " + b"p" * (MAX_HEAD // 2 + 200) + b"\r\n\r\n"
+    first = RequestParser()
+    first.feed(b"GET /?a HTTP/1.1\r\n" + block)
+    assert first.next_request() is not None
+    parser = RequestParser()
+    parser.feed(b"GET /?" + b"q" * (MAX_HEAD // 2 - 100) + b" HTTP/1.1\r\n" + block)
+    with pytest.raises(HttpError) as info:
+        parser.next_request()
+    assert info.value.status == 431

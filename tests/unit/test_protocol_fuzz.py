@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from seckill.http import protocol
 from seckill.http.protocol import HttpError, RequestParser
 from support.helpers import ROOT
 from support.parser_cases import PIECES, SEEDS, SPECIAL, chop, parse
@@ -80,6 +81,51 @@ def test_valid_seed_split_anywhere_parses_fully(seed: bytes, data: st.DataObject
     assert state == (0, False)
     assert outcomes and all(o[0] == "request" for o in outcomes)
     assert outcomes == parse([seed])[0]
+
+
+def parse_cold_then_warm(raw: bytes) -> None:
+    """Parsed with the memos empty, then again with them full of what the first parse put
+    there: the same outcome (next_request's short road for a known header block, and the
+    whole-head memo, give what parsing gives)."""
+    protocol._BODYLESS.clear()
+    protocol._HEADER_BLOCKS.clear()
+    cold = parse([raw])
+    assert parse([raw]) == cold
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_request_same_outcome_with_memos_warm(data: st.DataObject) -> None:
+    parse_cold_then_warm(data.draw(mutated_seed(), label="raw"))
+
+
+@FUZZ
+@given(st.data())
+def test_grammar_soup_same_outcome_with_memos_warm(data: st.DataObject) -> None:
+    parse_cold_then_warm(b"".join(data.draw(st.lists(st.sampled_from(PIECES), max_size=60), label="pieces")))
+
+
+@FUZZ
+@given(
+    line=st.sampled_from([b"GET /a?user=%d HTTP/1.1", b"GET /a?u=%d HTTP/1.0", b"POST /a?%d HTTP/1.1",
+                          b"GET /a?%d#f HTTP/1.1", b"GET http://h/a?%d HTTP/1.1", b"GETTINGLONG /?%d HTTP/1.1",
+                          b"GET /?%d HTTP/1.2", b"GET  /?%d HTTP/1.1"]),
+    block=st.sampled_from([b"Host: h", b"Host: h\r\nConnection: close", b"Host: h\r\nHost: h", b"X: y",
+                           b"Host: h\r\nContent-Length: 0", b"Host: h\r\nContent-Length: 2",
+                           b"Host: h\r\nTransfer-Encoding: chunked", b"Host: h\r\nExpect: 100-continue",
+                           b"Host: h\r\nIdempotency-Key: \"k\"", b"Host: h\r\nConnection: keep-alive"]),
+    numbers=st.lists(st.integers(0, 10**6), min_size=2, max_size=4),
+)
+def test_one_off_heads_of_a_known_block_as_parsed_whole(line: bytes, block: bytes, numbers: list[int]) -> None:
+    """Requests that differ only in their query (distinct buyers), after the first one's
+    header block is memoised: each is what a parser with empty memos makes of it."""
+    raws = [line % n + b"\r\n" + block + b"\r\n\r\nok" for n in numbers]
+    protocol._HEADER_BLOCKS.clear()
+    warm = [parse([raw]) for raw in raws]
+    for raw, outcome in zip(raws, warm, strict=True):
+        protocol._BODYLESS.clear()
+        protocol._HEADER_BLOCKS.clear()
+        assert parse([raw]) == outcome
 
 
 @FUZZ
