@@ -211,7 +211,6 @@ def main() -> None:
         return
     if args.ab is not None and not (args.ab / "seckill").is_dir():
         parser.error(f"--ab {args.ab}: no seckill package there (git worktree add {args.ab} <commit>)")
-    sys.path.insert(0, str(ROOT))
     from seckill.store.embedded import EmbeddedRedis
 
     names = [("new", ROOT)] + ([("old", args.ab.resolve())] if args.ab is not None else [])
