@@ -64,6 +64,19 @@ class PurchaseAnswers:
         body = b'{"result":"won","item":"%s","order":"%s-%d","seq":%d}' % (item.encode(), tag, seq, seq)
         return self.responses.build(200, body, mode, REPLAYED)
 
+    def sold_out(self, item: str, mode: int) -> bytes:
+        """The sold-out answer, kept in Responses.by_mode with its decision (the purchase
+        route reads it there itself while the item's gate is shut)."""
+        kept = self.responses.by_mode[mode].get(item)
+        if kept is None:
+            status, result = _FIXED[outcomes.SOLD_OUT]
+            body = b'{"result":"%s","item":"%s"}' % (result, item.encode())
+            kept = (self.responses.build(status, body, mode), (outcomes.SOLD_OUT, item, None))
+            if len(self.responses.by_mode[mode]) < MAX_CACHED:
+                self.responses.by_mode[mode][item] = kept
+        self.decided = kept[1]
+        return kept[0]
+
     def not_started(self, item: str, starts_in: float, mode: int) -> bytes:
         self.decided = (outcomes.NOT_STARTED, item, None)
         body = b'{"result":"not_started","item":"%s","starts_in":%.3f}' % (item.encode(), max(0.0, starts_in))
@@ -71,6 +84,8 @@ class PurchaseAnswers:
 
     def refused(self, item: str, outcome: Outcome, mode: int) -> bytes:
         """The answer for an outcome without an order (sold out, unavailable, ...)."""
+        if outcome == outcomes.SOLD_OUT:
+            return self.sold_out(item, mode)
         self.decided = (outcome, item, None)
         memo = self.responses.memo
         key = (outcome, item, mode)

@@ -240,7 +240,11 @@ class SeckillApp:
                 hits = self.gate_hits
                 if hits is not None:
                     hits[item] = hits.get(item, 0) + 1
-                return self.purchase_answers.refused(item, outcome, mode)
+                kept = self.responses.by_mode[mode].get(item)  # (PurchaseAnswers.sold_out inlined)
+                if kept is not None:
+                    self.purchase_answers.decided = kept[1]
+                    return kept[0]
+                return self.purchase_answers.sold_out(item, mode)
             if self.stats is not None:
                 self.stats.count_results(item, outcome, 1)
             if outcome == outcomes.NOT_STARTED:

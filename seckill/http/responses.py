@@ -45,7 +45,7 @@ METHOD_NOT_ALLOWED = json_body({"error": "method not allowed"})
 
 
 class Responses:
-    __slots__ = ("_date_line", "_prefix", "_bare_prefix", "memo")
+    __slots__ = ("_date_line", "_prefix", "_bare_prefix", "memo", "by_mode")
 
     def __init__(self) -> None:
         self._date_line = b""
@@ -55,6 +55,11 @@ class Responses:
         # under keys cheaper to make than the body. Emptied when the Date changes; whoever
         # adds keeps it under MAX_CACHED.
         self.memo: dict[object, bytes] = {}
+        # Callers' finished answers (with what they need beside them) per connection mode,
+        # KEEP, KEEP_10, CLOSE, under a str key: a lookup that builds and hashes nothing (a
+        # str keeps its hash), for the answer to nearly every request after a sell-out.
+        # Emptied with memo; whoever adds keeps each under MAX_CACHED.
+        self.by_mode: tuple[dict[str, tuple[bytes, Any]], ...] = ({}, {}, {})
         self.refresh_date()
 
     def refresh_date(self) -> None:
@@ -62,6 +67,7 @@ class Responses:
         self._prefix = {}
         self._bare_prefix = {}
         self.memo = {}
+        self.by_mode = ({}, {}, {})
 
     def _head_prefix(self, status: int) -> bytes:
         prefix = self._prefix.get(status)
