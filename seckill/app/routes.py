@@ -28,7 +28,7 @@ from seckill.app.ratelimit import Limiter, Rate
 from seckill.config import Config
 from seckill.http import bodies
 from seckill.http.connection import HttpConnection, Registry, Slot
-from seckill.http.protocol import KNOWN_METHODS, HttpError, Request
+from seckill.http.protocol import KNOWN_METHODS, HttpError, Request, Shape
 from seckill.http.responses import (
     CLOSE,
     KEEP,
@@ -94,6 +94,7 @@ class SeckillApp:
         # With the access or result log on (app/logged.py), slots that report their answer.
         self.logged = logged = config.access_log is not None or config.result_log is not None
         self._slot_class: type[Slot] = ReportingSlot if logged else Slot
+        self._lanes = not logged and self.ip_limit is None  # (see lane())
         self._purchase_class: type[Purchase] = (
             ReportingPurchase if logged else Purchase if stats is None else TimedPurchase)
 
@@ -119,6 +120,24 @@ class SeckillApp:
         if request.method == b"HEAD" and answer.__class__ is bytes:
             return strip_body(answer)
         return answer
+
+    def lane(self, shape: Shape) -> bytes | None:
+        """One more GET of a sale (shape.key) from a client whose shape is known, not parsed
+        (HttpConnection.data_received): while the sale's sold-out gate is shut, its answer,
+        which is everyone's, whatever the query; else None, and it goes the usual way.
+        Offered only where _purchase would answer the same: no access or result log (each
+        line needs the request) and no --rate-per-ip (its bucket comes before the gate)."""
+        item = shape.key
+        gate = self.batcher.gates.get(item)
+        if gate is None or gate[1] != _SOLD_OUT or _monotonic() >= gate[0]:
+            return None
+        kept = self.responses.by_mode[KEEP].get(item)
+        if kept is None:
+            return None
+        hits = self.gate_hits
+        if hits is not None:
+            hits[item] = hits.get(item, 0) + 1
+        return kept[0]
 
     def internal_error(self, site: str, exc: BaseException) -> bytes:
         """An unexpected exception at `site`: counted, logged (rate-limited), answered 500 and a close."""
@@ -240,6 +259,8 @@ class SeckillApp:
                 hits = self.gate_hits
                 if hits is not None:
                     hits[item] = hits.get(item, 0) + 1
+                if self._lanes:
+                    conn.offer_shape(request, item)  # its next ones may take the lane (see lane())
                 kept = self.responses.by_mode[mode].get(item)  # (PurchaseAnswers.sold_out inlined)
                 if kept is not None:
                     self.purchase_answers.decided = kept[1]

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 from typing import cast
 
-from seckill.http.protocol import HttpError, Request, RequestParser
+from seckill.http.protocol import HttpError, Request, RequestParser, Shape, shape_of
 from seckill.http.responses import CLOSE, CONTINUE, Responses, json_body
 from seckill.throttle import Throttle
 
@@ -85,6 +85,10 @@ class App(TypingProtocol):
     responses: Responses
 
     def dispatch(self, request: Request, conn: HttpConnection) -> bytes | Slot: ...
+
+    def lane(self, shape: Shape) -> bytes | None:
+        """The answer to one more request of `shape` (offered with conn.offer_shape), if
+        the app's route would give it now whatever the query; None: parse and dispatch it."""
 
     def internal_error(self, site: str, exc: BaseException) -> bytes:
         """Count and log an unexpected exception; the answer to give (500, close)."""
@@ -248,6 +252,17 @@ class _Discarding(RequestParser):
 
 _DISCARD = _Discarding()
 
+class _NoShape(Shape):
+    """The shape of a connection whose client's requests have none (see data_received)."""
+
+    __slots__ = ()
+
+    def matches(self, data: bytes) -> bool:
+        return False
+
+
+_NO_LANE = _NoShape(b"", b"", "")
+
 
 class Slot:
     """A place in a connection's answer queue, filled when its answer is known.
@@ -300,7 +315,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_app", "_clock", "_registry", "_limits", "_transport", "_parser", "_pending",
         "closing", "_reading_paused", "_writing_paused", "last_active", "started",
-        "_requests_left", "_unread_since", "_unclean", "_linger_since", "_peer",
+        "_requests_left", "_unread_since", "_unclean", "_linger_since", "_peer", "_shape", "_learning",
     )
 
     def __init__(self, app: App, clock: Clock, registry: Registry, limits: Limits) -> None:
@@ -310,6 +325,8 @@ class HttpConnection(asyncio.Protocol):
         self._limits = limits
         self._transport: asyncio.Transport | None = None
         self._peer = "-"  # the peer's IP address, from connection_made
+        self._shape: Shape | None = None  # the client's requests' shape, once the app asked (offer_shape)
+        self._learning: tuple[Request, str] | None = None
         self._parser = RequestParser()
         # Answers not written yet, in request order. A list, not a deque: at most
         # MAX_PIPELINED long, and an idle connection's empty deque was 760 of its ~2,100 bytes.
@@ -341,14 +358,46 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = self.last_active = self._clock.now
-        if self._parser.feed(data):
+        shape = self._shape
+        parser = self._parser
+        # The lane: a read that is exactly one more request of the shape this client sends,
+        # on a connection with nothing else going on (nothing buffered or owed, more
+        # requests allowed after it), goes to the app without being parsed; the app may
+        # answer it as its route would have (SeckillApp.lane), or decline.
+        if (shape is not None and not parser._buf and parser._head is None and not self._pending
+                and not self.closing and self._requests_left > 1 and shape.matches(data)):
+            try:
+                answer = self._app.lane(shape)
+            except Exception as exc:
+                answer = None
+                self._app.internal_error("lane", exc)
+            if answer is not None:
+                self._requests_left -= 1
+                self.started = now
+                if self._transport is not None:
+                    self._transport.write(answer)
+                return
+        if parser.feed(data):
             self.started = now
         try:
             self._process()
+            if self._learning is not None:
+                request, key = self._learning
+                self._learning = None
+                # A client whose request has no shape (HTTP/1.0, a pipelined read, ...) is
+                # not asked again: each try costs more than the lane would save it.
+                self._shape = shape_of(data, request, key) or _NO_LANE
         except Exception as exc:  # a bug of ours: dispatch's own are answered in _process
+            self._learning = None
             self._app.internal_error("http", exc)
             if self._transport is not None:
                 self._transport.abort()
+
+    def offer_shape(self, request: Request, key: str) -> None:
+        """The app would answer more requests like this one in its lane (`key` names what
+        for): learn the client's shape from the read that held it (data_received)."""
+        if self._shape is not _NO_LANE:
+            self._learning = (request, key)
 
     def eof_received(self) -> bool:
         # A half-closed client still gets the answers to what it sent.

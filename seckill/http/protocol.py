@@ -454,3 +454,87 @@ def _parse_header_block(block: bytes) -> _HeaderBlock:
             raise HttpError(400, "underscore in a framing header name")
     return _HeaderBlock(tuple(headers), length, codings, hosts,
                         frozenset(connection) if connection else _NO_TOKENS, expects_continue, idempotency_key)
+
+
+# --- Shapes: one client's requests that differ only in their query -------------------
+# A client (a load tool, a page's button) sends the same request again and again but for
+# its query (?user=...). A Shape is such a request's bytes around its query; a connection
+# that has learnt its client's shape can tell that a read is exactly one more of them by
+# comparing bytes, without parsing, and let the app answer it (connection.py's lane).
+
+# The bytes a query may hold (_ORIGIN_FORM_LINE's): translate() deletes them, so a query
+# is valid when nothing is left.
+_QUERY_BYTES = bytes(range(0x21, 0x23)) + bytes(range(0x24, 0x7F))
+
+
+class Shape:
+    """`prefix` (GET, the path, "?") and `suffix` (" HTTP/1.1", the header block, the blank
+    line) of a request the parser read (shape_of): every `prefix + q + suffix`, q made of
+    query bytes, within the head limits, is a request the parser reads the same way but
+    for its query. A request without a query is its own shape: `prefix` is all of it,
+    `suffix` empty, and only those very bytes match. `key` is the caller's (what the path
+    names)."""
+
+    __slots__ = ("prefix", "suffix", "key", "_start", "_end", "_shortest", "_longest")
+
+    def __init__(self, prefix: bytes, suffix: bytes, key: str) -> None:
+        self.prefix = prefix
+        self.suffix = suffix
+        self.key = key
+        self._start = len(prefix)
+        self._end = -len(suffix) if suffix else len(prefix)  # (the query between: none when exact)
+        self._shortest = len(prefix) + len(suffix)
+        # The whole head within MAX_HEAD, its request line (prefix, query, " HTTP/1.1")
+        # within MAX_REQUEST_LINE: past either, the parser refuses it.
+        self._longest = min(MAX_HEAD, MAX_REQUEST_LINE + len(suffix) - 9) if suffix else len(prefix)
+
+    def matches(self, data: bytes) -> bool:
+        """Whether `data` is exactly one request of this shape."""
+        return (self._shortest <= len(data) <= self._longest and data.startswith(self.prefix)
+                and data.endswith(self.suffix) and not data[self._start : self._end].translate(None, _QUERY_BYTES))
+
+
+# Shapes by (prefix, suffix, key): connections whose clients send alike share one. Emptied
+# when full (connections keep theirs), as the memos above.
+_SHAPES: dict[tuple[bytes, bytes, str], Shape] = {}
+MAX_SHAPES = 1024
+
+
+def shape_of(data: bytes, request: Request, key: str) -> Shape | None:
+    """The shape of `request` if `data` (one read) is exactly its head, and it is a GET of
+    HTTP/1.1 that keeps the connection, with a query and no body or Idempotency-Key;
+    else None. The parser itself vouches for it: the shape with another query in it
+    must parse to this request but for that query."""
+    if (request.method != b"GET" or request.http10 or not request.keep_alive or request.body
+            or request.idempotency_key is not None or data.find(b"\r\n\r\n") != len(data) - 4):
+        return None
+    if not request.query and data.startswith(b"GET " + request.path + b" HTTP/1.1\r\n"):
+        shape = _SHAPES.get((data, b"", key))
+        if shape is None:  # (data is this request, as the parser read it: nothing to probe)
+            if len(_SHAPES) >= MAX_SHAPES:
+                _SHAPES.clear()
+            shape = _SHAPES[(data, b"", key)] = Shape(data, b"", key)
+        return shape
+    prefix = b"GET " + request.path + b"?"
+    if not data.startswith(prefix + request.query):
+        return None
+    suffix = data[len(prefix) + len(request.query) :]
+    if not suffix.startswith(b" HTTP/1.1\r\n"):
+        return None
+    shape = _SHAPES.get((prefix, suffix, key))
+    if shape is not None:
+        return shape
+    probe = RequestParser()
+    probe.feed(prefix + b"probe" + suffix)
+    try:
+        other = probe.next_request()
+    except HttpError:
+        return None
+    if other is None or probe.buffered or (other.method, other.path, other.query, other.http10, other.keep_alive,
+                                           other.headers, other.body, other.idempotency_key) != (
+            request.method, request.path, b"probe", False, True, request.headers, b"", None):
+        return None
+    if len(_SHAPES) >= MAX_SHAPES:
+        _SHAPES.clear()
+    shape = _SHAPES[(prefix, suffix, key)] = Shape(prefix, suffix, key)
+    return shape
