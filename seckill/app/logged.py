@@ -48,7 +48,7 @@ class LoggedApp:
             answer.watch(self, request)
         return answer
 
-    def lane(self, shape: Shape) -> bytes | None:
+    def lane(self, shape: Shape, data: bytes, conn: HttpConnection) -> bytes | Slot | None:
         return None  # (never offered: every answer here is logged with its request)
 
     def internal_error(self, site: str, exc: BaseException) -> bytes:

@@ -95,6 +95,7 @@ class SeckillApp:
         self.logged = logged = config.access_log is not None or config.result_log is not None
         self._slot_class: type[Slot] = ReportingSlot if logged else Slot
         self._lanes = not logged and self.ip_limit is None  # (see lane())
+        self._buyer_lanes = self._lanes and self.verifier is None and self.user_limit is None
         self._purchase_class: type[Purchase] = (
             ReportingPurchase if logged else Purchase if stats is None else TimedPurchase)
 
@@ -121,23 +122,40 @@ class SeckillApp:
             return strip_body(answer)
         return answer
 
-    def lane(self, shape: Shape) -> bytes | None:
+    def lane(self, shape: Shape, data: bytes, conn: HttpConnection) -> bytes | Slot | None:
         """One more GET of a sale (shape.key) from a client whose shape is known, not parsed
-        (HttpConnection.data_received): while the sale's sold-out gate is shut, its answer,
-        which is everyone's, whatever the query; else None, and it goes the usual way.
-        Offered only where _purchase would answer the same: no access or result log (each
-        line needs the request) and no --rate-per-ip (its bucket comes before the gate)."""
+        (HttpConnection.data_received): what _purchase would answer it, where that does not
+        need the request: while the sale's sold-out gate is shut, the gate's answer (the
+        same for anyone); while open, a purchase queued for a buyer named by a plain
+        `?user=` (no --auth, no --rate-per-user). Else None, and it goes the usual way.
+        Lanes are offered only where _purchase would answer the same: no access or result
+        log (each line needs the request), no --rate-per-ip (its bucket comes first)."""
         item = shape.key
-        gate = self.batcher.gates.get(item)
-        if gate is None or gate[1] != _SOLD_OUT or _monotonic() >= gate[0]:
+        batcher = self.batcher
+        gate = batcher.gates.get(item)
+        if gate is not None and _monotonic() < gate[0]:
+            if gate[1] != _SOLD_OUT:
+                return None
+            kept = self.responses.by_mode[KEEP].get(item)
+            if kept is None:
+                return None
+            hits = self.gate_hits
+            if hits is not None:
+                hits[item] = hits.get(item, 0) + 1
+            return kept[0]
+        if not self._buyer_lanes:
             return None
-        kept = self.responses.by_mode[KEEP].get(item)
-        if kept is None:
+        query = data[shape.start : shape.end]
+        if not query:
+            user = b""  # anonymous, as _purchase takes no query
+        elif _PLAIN_USER_QUERY.fullmatch(query) is not None:
+            user = query[5:]
+        else:
             return None
-        hits = self.gate_hits
-        if hits is not None:
-            hits[item] = hits.get(item, 0) + 1
-        return kept[0]
+        purchase = self._purchase_class(self.purchase_answers, conn, item, KEEP)
+        if not batcher.submit(item, user, purchase):
+            return None  # (the usual way answers the full queue)
+        return purchase
 
     def internal_error(self, site: str, exc: BaseException) -> bytes:
         """An unexpected exception at `site`: counted, logged (rate-limited), answered 500 and a close."""
@@ -284,6 +302,8 @@ class SeckillApp:
             if self.stats is not None:
                 self.stats.count_results(item, outcomes.UNAVAILABLE, 1)
             return self.purchase_answers.refused(item, outcomes.UNAVAILABLE, mode)
+        if self._buyer_lanes:
+            conn.offer_shape(request, item)  # its next ones may take the lane (see lane())
         return purchase
 
     def _keyed_purchase(self, request: Request, conn: HttpConnection, item: str, mode: int) -> bytes | Slot:

@@ -86,9 +86,10 @@ class App(TypingProtocol):
 
     def dispatch(self, request: Request, conn: HttpConnection) -> bytes | Slot: ...
 
-    def lane(self, shape: Shape) -> bytes | None:
-        """The answer to one more request of `shape` (offered with conn.offer_shape), if
-        the app's route would give it now whatever the query; None: parse and dispatch it."""
+    def lane(self, shape: Shape, data: bytes, conn: HttpConnection) -> bytes | Slot | None:
+        """The answer to one more request of `shape` (offered with conn.offer_shape), read
+        as `data` (its query: data[shape.start:shape.end]), if the app's route would give
+        it without parsing the rest; None: parse and dispatch it."""
 
     def internal_error(self, site: str, exc: BaseException) -> bytes:
         """Count and log an unexpected exception; the answer to give (500, close)."""
@@ -367,15 +368,19 @@ class HttpConnection(asyncio.Protocol):
         if (shape is not None and not parser._buf and parser._head is None and not self._pending
                 and not self.closing and self._requests_left > 1 and shape.matches(data)):
             try:
-                answer = self._app.lane(shape)
+                answer = self._app.lane(shape, data, self)
             except Exception as exc:
                 answer = None
                 self._app.internal_error("lane", exc)
             if answer is not None:
                 self._requests_left -= 1
                 self.started = now
-                if self._transport is not None:
-                    self._transport.write(answer)
+                if answer.__class__ is bytes:
+                    if self._transport is not None:
+                        self._transport.write(answer)
+                else:
+                    answer.since = now  # type: ignore[union-attr]
+                    self._pending.append(answer)  # type: ignore[arg-type]
                 return
         if parser.feed(data):
             self.started = now
@@ -396,7 +401,10 @@ class HttpConnection(asyncio.Protocol):
     def offer_shape(self, request: Request, key: str) -> None:
         """The app would answer more requests like this one in its lane (`key` names what
         for): learn the client's shape from the read that held it (data_received)."""
-        if self._shape is not _NO_LANE:
+        shape = self._shape
+        # Learnt again only for another key: one the lane declined (a query it does not
+        # take, say) would be learnt again on every request, for nothing.
+        if shape is None or (shape is not _NO_LANE and shape.key != key):
             self._learning = (request, key)
 
     def eof_received(self) -> bool:

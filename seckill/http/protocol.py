@@ -475,14 +475,14 @@ class Shape:
     `suffix` empty, and only those very bytes match. `key` is the caller's (what the path
     names)."""
 
-    __slots__ = ("prefix", "suffix", "key", "_start", "_end", "_shortest", "_longest")
+    __slots__ = ("prefix", "suffix", "key", "start", "end", "_shortest", "_longest")
 
     def __init__(self, prefix: bytes, suffix: bytes, key: str) -> None:
         self.prefix = prefix
         self.suffix = suffix
         self.key = key
-        self._start = len(prefix)
-        self._end = -len(suffix) if suffix else len(prefix)  # (the query between: none when exact)
+        self.start = len(prefix)  # data[start:end]: the query
+        self.end = -len(suffix) if suffix else len(prefix)  # (none when exact)
         self._shortest = len(prefix) + len(suffix)
         # The whole head within MAX_HEAD, its request line (prefix, query, " HTTP/1.1")
         # within MAX_REQUEST_LINE: past either, the parser refuses it.
@@ -491,7 +491,7 @@ class Shape:
     def matches(self, data: bytes) -> bool:
         """Whether `data` is exactly one request of this shape."""
         return (self._shortest <= len(data) <= self._longest and data.startswith(self.prefix)
-                and data.endswith(self.suffix) and not data[self._start : self._end].translate(None, _QUERY_BYTES))
+                and data.endswith(self.suffix) and not data[self.start : self.end].translate(None, _QUERY_BYTES))
 
 
 # Shapes by (prefix, suffix, key): connections whose clients send alike share one. Emptied

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from seckill.admission import batcher as batching
 from seckill.app.routes import SeckillApp
 from seckill.config import Config
-from seckill.http import protocol
+from seckill.http import connection, protocol
 from seckill.http.connection import Clock, HttpConnection, Limits, Registry
 from seckill.http.protocol import MAX_HEAD, MAX_REQUEST_LINE, HttpError, RequestParser, shape_of
 from seckill.ops import faults, metrics
@@ -145,8 +145,8 @@ class Transport:
         return ("127.0.0.1", 1234) if name == "peername" else None
 
 
-def make_app(lanes: bool) -> SeckillApp:
-    config = Config(redis="redis://127.0.0.1:1", demo=False)  # (never connected: the gate answers)
+def make_app(lanes: bool, **settings_: Any) -> SeckillApp:
+    config = Config(redis="redis://127.0.0.1:1", demo=False, **settings_)  # (never connected here)
     redis = make_redis(config.redis or "", config.redis_timeout)
     stats = metrics.WorkerStats()
     errors = faults.Faults(stats.internal_errors)
@@ -154,6 +154,7 @@ def make_app(lanes: bool) -> SeckillApp:
     app = SeckillApp(config, redis, batcher, ReadBatcher(redis, make_pipe(redis), timeout=1.0, faults=errors),
                      metrics.Board(None), stats, Registry(), errors)
     app._lanes = lanes
+    app._buyer_lanes = app._buyer_lanes and lanes
     batcher.gates["phone"] = (time.monotonic() + 3600, outcomes.SOLD_OUT, 0.0)
     return app
 
@@ -242,3 +243,111 @@ def test_shape_of_refuses_what_the_parser_refuses() -> None:
     with pytest.raises(HttpError):
         parsed(data.replace(b"Host: h\r\n", b""))
     assert shape_of(data, parsed(data), "a") is not None
+
+
+# --- An open sale: the lane queues the purchase, as the route does ----------------------
+
+def queued(app: SeckillApp) -> list[tuple[str, bytes, int]]:
+    return [(item, user, waiter.mode) for item, queue in app.batcher._queues.items()  # type: ignore[attr-defined]
+            for user, waiter in queue]
+
+
+def open_sale(app: SeckillApp) -> SeckillApp:
+    del app.batcher.gates["phone"]
+    return app
+
+
+# What the batcher would answer once Redis replied (scripted: no Redis here). A client
+# such as wrk or ab waits for it before its next request, which the lane then takes.
+WON = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def answer_pending(*conns: HttpConnection) -> None:
+    for conn in conns:
+        for slot in list(conn._pending):
+            slot.set(WON)
+
+
+def drop_queues(*apps: SeckillApp) -> None:
+    for app in apps:  # (nothing is sent: these tests have no Redis)
+        app.batcher._queues.clear()
+        app.batcher._waiting = 0
+
+
+def test_an_open_sale_s_purchases_take_the_lane_to_the_batcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def run() -> None:
+        app, plain = open_sale(make_app(lanes=True)), open_sale(make_app(lanes=False))
+        conn, transport = connect(app)
+        other, other_transport = connect(plain)
+        conn.data_received(HEAD)
+        other.data_received(HEAD)
+        assert conn._shape is not None
+        answer_pending(conn, other)
+        with monkeypatch.context() as patched:
+            patched.setattr(RequestParser, "next_request", lambda self: pytest.fail("parsed"))
+            conn.data_received(HEAD.replace(b"u1", b"u2"))
+        other.data_received(HEAD.replace(b"u1", b"u2"))
+        assert queued(app) == queued(plain) == [("phone", b"u1", 0), ("phone", b"u2", 0)]
+        assert state(conn, transport, app) == state(other, other_transport, plain)
+        drop_queues(app, plain)
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("config", [{"rate_per_user": "5/s"}, {"auth": "jwt"}])
+def test_no_buyer_lane_where_the_route_needs_the_request(config: dict[str, str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECKILL_JWT_SECRET", "s" * 32)
+    app = open_sale(make_app(lanes=True, **config))
+    assert not app._buyer_lanes
+
+
+BUYER_VARIANTS = [HEAD.replace(b"u1", b"u%d" % n) for n in range(3)] + [
+    HEAD.replace(b"user=u1", b"user=a%20b"), HEAD.replace(b"user=u1", b"u=1"), HEAD.replace(b"?user=u1", b"?"),
+    HEAD.replace(b"user=u1", b"user=" + b"x" * 200), HEAD.replace(b"user=u1", b"user=1&user=2"),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([HEAD, HEAD.replace(b"?user=u1", b"")]),
+       st.lists(st.sampled_from(BUYER_VARIANTS + VARIANTS), max_size=10), st.integers(2, 12))
+def test_an_open_sale_s_laned_connection_queues_as_one_without_lanes(first: bytes, reads: list[bytes],
+                                                                     requests: int) -> None:
+    async def run() -> None:
+        app, plain = open_sale(make_app(lanes=True)), open_sale(make_app(lanes=False))
+        conn, transport = connect(app, requests)
+        other, other_transport = connect(plain, requests)
+        for data in [first, *reads]:
+            for each, t in ((conn, transport), (other, other_transport)):
+                if not t.closed:
+                    each.data_received(data)
+            assert state(conn, transport, app) == state(other, other_transport, plain)
+            assert queued(app) == queued(plain)
+            answer_pending(conn, other)
+        drop_queues(app, plain)
+
+    asyncio.run(run())
+
+
+def test_a_client_that_moves_to_another_sale_learns_its_shape_and_only_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    learnt: list[str] = []
+
+    def learn(data: bytes, request: protocol.Request, key: str) -> protocol.Shape | None:
+        learnt.append(key)
+        return shape_of(data, request, key)
+
+    monkeypatch.setattr(connection, "shape_of", learn)
+
+    async def run() -> None:
+        app = open_sale(make_app(lanes=True))
+        conn, _ = connect(app)
+        conn.data_received(HEAD)
+        answer_pending(conn)
+        conn.data_received(HEAD.replace(b"user=u1", b"user=a%20b"))  # declined: parsed, same sale
+        answer_pending(conn)
+        assert learnt == ["phone"]
+        conn.data_received(HEAD.replace(b"phone", b"tv"))
+        assert learnt == ["phone", "tv"] and conn._shape is not None and conn._shape.key == "tv"
+        drop_queues(app)
+
+    asyncio.run(run())
