@@ -152,12 +152,14 @@ from runner import (
     raise_fd_limit,
 )
 from services import (
+    DEBIAN_NGINX,
     Service,
     StartError,
     bench_redis,
     command_line,
     counts,
     create_sale,
+    install_tools,
     nginx_ceiling,
     seckill_server,
     seed_stack,
@@ -283,7 +285,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--exact-seconds", type=float, metavar="SECONDS",
                       help=f"wrk in the exactness run (default {FULL['exact_seconds']:g}, "
                            f"--quick {QUICK['exact_seconds']:g})")
-    what.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx",
+    what.add_argument("--nginx", default=shutil.which("nginx") or DEBIAN_NGINX,
                       metavar="PATH", help="nginx binary")
     what.add_argument("--results", type=Path, metavar="FILE",
                       help="Markdown to write (default bench/RESULTS.md, "
@@ -396,6 +398,7 @@ def benchmark(args: argparse.Namespace) -> int:
     pin = PINNINGS[args.pin]
     fd_before, fd_now = raise_fd_limit(max([args.connections, *args.sweep, *args.storm_connections]))
     with workspace() as (work_dir, log_dir), bench_redis(work_dir / "redis", pin.redis) as store:
+        install_tools(args.nginx)
         tools = Tools.find(args.nginx)
         findings = Findings(
             date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -277,21 +277,54 @@ def _nginx_limits(connections: int) -> dict[str, str]:
     return {"connections": str(min(2 * connections + UPSTREAM_POOL + 64, nofile - 64)), "nofile": str(nofile)}
 
 
+def apt_install(packages: Sequence[str], why: str) -> str | None:
+    """Install Debian `packages` (for `why`) with apt-get as root, refreshing its lists once
+    if they are stale or absent (a fresh container has none); None when done, else why not."""
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        return f"{', '.join(packages)} not installed, and no apt-get as root to install them"
+    print(f"  installing {' '.join(packages)} for {why}", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "-y", "-qq", "--no-install-recommends", *packages]
+    done = subprocess.run(install, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        subprocess.run([apt, "update", "-qq"], env=env, capture_output=True, text=True)
+        done = subprocess.run(install, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"apt-get install {' '.join(packages)} failed: {done.stderr.strip()[-200:]}"
+    return None
+
+
+# The load tools and the ceiling, by the Debian package that brings each.
+TOOL_PACKAGES = {"wrk": "wrk", "ab": "apache2-utils", "nginx": "nginx"}
+DEBIAN_NGINX = "/usr/sbin/nginx"
+
+
+def install_tools(nginx: str) -> None:
+    """The bench's set-up: wrk, ab and nginx (at `nginx`, if that is Debian's path)
+    installed when missing and apt-get can; what stays missing is skipped with its reason."""
+    def missing(tool: str) -> bool:
+        if tool == "nginx":  # (another --nginx is the user's own to install)
+            return nginx == DEBIAN_NGINX and not os.access(nginx, os.X_OK)
+        return shutil.which(tool) is None
+
+    packages = [package for tool, package in TOOL_PACKAGES.items() if missing(tool)]
+    if packages:
+        why_not = apt_install(packages, "the load and the ceiling")
+        if why_not is not None:
+            print(f"  note: {why_not}", flush=True)
+
+
 def gateway_missing() -> str | None:
     """Why the OpenResty-style gateway cannot run here, after installing its Debian packages
     when they are missing and apt-get can (root); None when it can."""
     if all(path.exists() for path in GATEWAY_MODULES):
         return None
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        return (f"lua-nginx-module not installed ({', '.join(GATEWAY_PACKAGES)}) and no apt-get as root "
-                "to install it")
-    print(f"  installing {' '.join(GATEWAY_PACKAGES)} for the OpenResty-style gateway", flush=True)
-    done = subprocess.run([apt, "install", "-y", "-qq", "--no-install-recommends", *GATEWAY_PACKAGES],
-                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-                          capture_output=True, text=True)
-    if done.returncode != 0 or not all(path.exists() for path in GATEWAY_MODULES):
-        return f"apt-get install {' '.join(GATEWAY_PACKAGES)} failed: {done.stderr.strip()[-200:]}"
+    why_not = apt_install(GATEWAY_PACKAGES, "the OpenResty-style gateway")
+    if why_not is not None:
+        return why_not
+    if not all(path.exists() for path in GATEWAY_MODULES):
+        return f"apt-get installed {' '.join(GATEWAY_PACKAGES)} but not {GATEWAY_MODULES[0].parent}'s modules"
     return None
 
 

@@ -49,6 +49,7 @@ from cpuwatch import _children_of
 from report import Storm, StormRow, StormRun, storm_table
 from services import (
     BENCH_DIR,
+    DEBIAN_NGINX,
     StartError,
     bench_redis,
     counts,
@@ -56,6 +57,7 @@ from services import (
     fresh_log_dir,
     gateway_missing,
     gateway_sale,
+    install_tools,
     nginx_ceiling,
     openresty_gateway,
     seckill_server,
@@ -82,7 +84,7 @@ CONTENDERS = {
 class Options:
     connections: tuple[int, ...] = (1000, 10000)
     repeat: int = 3
-    nginx: str = shutil.which("nginx") or "/usr/sbin/nginx"
+    nginx: str = shutil.which("nginx") or DEBIAN_NGINX
 
 
 def build_client() -> str | None:
@@ -303,6 +305,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stop_on_sigterm()
+    install_tools(args.nginx)  # (nginx for the floor; gateway_missing adds the gateway's modules)
     log_dir = fresh_log_dir("storm")
     started = time.monotonic()
     try:
