@@ -69,6 +69,9 @@ def _bar_label(findings: Findings, row: Row) -> str:
     return f"{row.result.rps:,.0f}" + (f"  ({ratio:.2f}× nginx)" if ratio and row.contender != "d" else "")
 
 
+LABELLED = ("a", "b")  # the sweep's points that carry their req/s and × nginx: ours
+
+
 def _sweep_panel(ax: Any, findings: Findings) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("concurrent connections (wrk -t1 -c N, keep-alive, distinct users; log scale)")
@@ -87,11 +90,16 @@ def _sweep_panel(ax: Any, findings: Findings) -> None:
         xs, ys = zip(*points, strict=True)
         top = max(top, *ys)
         ax.plot(xs, ys, marker="o", color=COLOURS[contender], label=NAMES[contender])
+        if contender not in LABELLED:
+            continue  # (the table has their figures: five labels a point overlapped)
+        # The sold-out line runs along nginx's and the gateway's: its labels go to the right;
+        # the admission line's go below, clear of them (the gateway's admission is far below).
+        beside = contender == "b"
         for n, rps in points:
-            ratio = findings.sweep_ratio(contender, n) if contender != "d" else None
+            ratio = findings.sweep_ratio(contender, n)
             text = _kilo(rps) + (f"\n{ratio:.2f}× nginx" if ratio else "")
-            ax.annotate(text, (n, rps), textcoords="offset points", xytext=(0, 7), ha="center",
-                        va="bottom", fontsize=8)
+            ax.annotate(text, (n, rps), textcoords="offset points", xytext=(8, -4) if beside else (0, -8),
+                        ha="left" if beside else "center", va="top", fontsize=8)
     ax.set_xticks(counts, [f"{n:,}" for n in counts])
     ax.minorticks_off()
     ax.set_xlim(counts[0] / 2, counts[-1] * 2)
