@@ -171,6 +171,13 @@ def state(conn: HttpConnection, transport: Transport, app: SeckillApp) -> tuple[
             dict(app.gate_hits or {}))
 
 
+def feed(data: bytes, *connections: tuple[HttpConnection, Transport]) -> None:
+    """The same read to each connection its client has not seen closed."""
+    for conn, transport in connections:
+        if not transport.closed:
+            conn.data_received(data)
+
+
 def test_after_one_gated_answer_the_lane_answers_without_the_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     app, plain = make_app(lanes=True), make_app(lanes=False)
     conn, transport = connect(app)
@@ -232,9 +239,7 @@ def test_a_laned_connection_answers_as_one_without_lanes(reads: list[bytes], req
     conn, transport = connect(app, requests)
     other, other_transport = connect(plain, requests)
     for data in [HEAD, *reads]:
-        for each, t in ((conn, transport), (other, other_transport)):
-            if not t.closed:
-                each.data_received(data)
+        feed(data, (conn, transport), (other, other_transport))
         assert state(conn, transport, app) == state(other, other_transport, plain)
 
 
@@ -318,9 +323,7 @@ def test_an_open_sale_s_laned_connection_queues_as_one_without_lanes(first: byte
         conn, transport = connect(app, requests)
         other, other_transport = connect(plain, requests)
         for data in [first, *reads]:
-            for each, t in ((conn, transport), (other, other_transport)):
-                if not t.closed:
-                    each.data_received(data)
+            feed(data, (conn, transport), (other, other_transport))
             assert state(conn, transport, app) == state(other, other_transport, plain)
             assert queued(app) == queued(plain)
             answer_pending(conn, other)
