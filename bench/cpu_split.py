@@ -7,7 +7,8 @@
 With bench/run.py's "split" pinning the server is alone on CPU 0 while wrk and Redis share
 CPU 1, so a row is the server's limit only if CPU 0 is the busier: this says what each of
 the three costs a request (CPU-seconds from /proc over the run ÷ requests), and so where
-the row's ceiling is (1 ÷ the busier core's µs per request). A fresh redis-server (AOF
+the row's ceiling is (1 ÷ the busier core's µs per request; the shares are of a core,
+interrupts aside). A fresh redis-server (AOF
 everysec, as the bench's) and a one-worker server; wrk -t1 -c100, after 2 s of warm-up.
 Exit status 0 when measured, 2 when it could not run.
 """
@@ -15,7 +16,7 @@ Exit status 0 when measured, 2 when it could not run.
 from __future__ import annotations
 
 import argparse
-import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -29,13 +30,12 @@ SERVER_CPU, CLIENT_CPU = "0", "1"  # bench/run.py's split pinning
 
 
 def wrk_cpu(argv: list[str], duration: float) -> tuple[loadgen.LoadResult, float]:
-    """wrk's result and its own CPU-seconds (its rusage: taskset execs it)."""
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return loadgen.parse_wrk(output, argv), usage.ru_utime + usage.ru_stime
+    """wrk's result and its own CPU-seconds: the rusage of the children reaped meanwhile,
+    wrk alone (taskset execs it)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = loadgen.run_wrk(argv, duration)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return result, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
             loadgen.run_wrk(wrk(2.0), 2.0)  # warm-up
             print(f"{'round':>5} {'req/s':>9} {'server µs/req':>14} {'Redis µs/req':>13} {'wrk µs/req':>11}"
-                  f" {'CPU 0 busy':>11} {'CPU 1 busy':>11}")
+                  f" {'server share':>13} {'Redis+wrk share':>16}")
             for n in range(1, args.rounds + 1):
                 server0, redis0 = tree_cpu(server.pid), tree_cpu(store.process.pid)
                 result, client = wrk_cpu(wrk(args.seconds), args.seconds)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 per = [(server1 - server0) / requests * 1e6, (redis1 - redis0) / requests * 1e6,
                        client / requests * 1e6]
                 print(f"{n:>5} {result.rps:>9,.0f} {per[0]:>14.1f} {per[1]:>13.1f} {per[2]:>11.1f}"
-                      f" {per[0] * result.rps / 1e6:>10.0%} {(per[1] + per[2]) * result.rps / 1e6:>10.0%}")
+                      f" {per[0] * result.rps / 1e6:>13.0%} {(per[1] + per[2]) * result.rps / 1e6:>16.0%}")
     except (StartError, loadgen.LoadError, subprocess.TimeoutExpired) as exc:
         print(f"cpu split: {exc}", file=sys.stderr)
         return 2
